@@ -1,0 +1,40 @@
+# modeldeploy: `make demo` runs the local demo, `make test` runs the whole suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STATE ?= .modeldeploy/demo
+
+.PHONY: setup controlplane demo down test lint unit crd render-examples
+
+$(VENV)/.installed: pyproject.toml
+	@echo "[setup] creating $(VENV) and installing modeldeploy with its dev tools"
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.installed
+
+controlplane:
+	bash hack/build-controlplane.sh
+
+demo: setup controlplane
+	$(PY) hack/demo.py --state $(STATE)
+
+down:
+	$(PY) -m modeldeploy.localcluster down $(STATE) || true
+	@if [ -f $(STATE)/operator.pid ]; then kill $$(cat $(STATE)/operator.pid) 2>/dev/null || true; rm -f $(STATE)/operator.pid; fi
+
+lint: setup
+	$(VENV)/bin/ruff check operator tests hack
+	$(VENV)/bin/ruff format --check operator tests hack
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+test: setup controlplane lint
+	$(VENV)/bin/pytest tests
+
+crd: setup
+	$(VENV)/bin/modeldeploy crd > crds/modeldeploy.dev_modeldeployments.yaml

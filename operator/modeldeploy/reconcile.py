@@ -1,0 +1,161 @@
+"""The one reconcile: read the ModelDeployment, resolve and render its children, apply them all
+with server-side apply, delete what is no longer desired, and write status from what was
+observed. Safe to run any number of times; an unchanged object causes no writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from modeldeploy import GROUP, KIND, VERSION, render, status
+from modeldeploy.api import ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy.errors import SpecError
+from modeldeploy.kube import Kube, now_rfc3339
+from modeldeploy.resolve import ClusterFacts, resolve
+from modeldeploy.settings import Settings
+
+log = logging.getLogger("modeldeploy.reconcile")
+Obj = dict[str, Any]
+
+# Kinds the operator may create for a model; anything of these kinds it controls and no longer
+# renders is deleted.
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+)
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks[(namespace, name)]
+
+
+def spec_error_from_validation(err: ValidationError) -> SpecError:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    return SpecError(f"spec.{loc}", first["msg"])
+
+
+def _prior_status(body: Obj) -> ModelDeploymentStatus | None:
+    raw = body.get("status")
+    if not raw:
+        return None
+    try:
+        return ModelDeploymentStatus.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _controlled_by(obj: Obj, uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("owner_references") or obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    settings: Settings
+
+    def reconcile(self, namespace: str, name: str, apply: bool = True) -> None:
+        """Full pass (apply + status), or with apply=False only a status refresh."""
+        with _lock(namespace, name):
+            body = self.kube.get_model(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            self._reconcile(body, apply)
+
+    def _reconcile(self, body: Obj, apply: bool) -> None:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        generation = int(meta.get("generation", 1))
+        prior = _prior_status(body)
+        error: SpecError | None = None
+        desired: list[Obj] | None = None
+        plan = None
+        desired_replicas = 0
+        try:
+            spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+            facts = ClusterFacts.gather(self.kube, namespace, name)
+            resolved, plan = resolve(spec, self.settings, facts)
+            owner = render.Owner(name=name, uid=uid)
+            desired = render.render(name, namespace, spec, resolved, owner)
+            desired_replicas = self._desired_replicas(spec, namespace, name)
+        except ValidationError as e:
+            error = spec_error_from_validation(e)
+        except SpecError as e:
+            error = e
+
+        if desired is not None and apply:
+            # Nothing is applied for a refused spec: the last good children keep serving.
+            for obj in desired:
+                self.kube.apply(obj)
+            self._prune(namespace, name, uid, desired)
+
+        dep = self.kube.get("apps/v1", "Deployment", namespace, name)
+        if dep is not None and not _controlled_by(dep, uid):
+            dep = None
+        pods = self.kube.list("v1", "Pod", namespace, render.selector_string(name)) if dep else []
+        if error is not None:
+            desired_replicas = int((dep or {}).get("spec", {}).get("replicas") or 0)
+        observed = status.Observed(desired_replicas=desired_replicas, deployment=dep, pods=pods, plan=plan)
+        new = status.compute(
+            name=name,
+            namespace=namespace,
+            generation=generation,
+            selector=render.selector_string(name),
+            endpoint=render.endpoint(name, namespace),
+            observed=observed,
+            error=error,
+            prior=prior,
+            now=now_rfc3339(),
+        )
+        new_raw = new.model_dump(by_alias=True, exclude_none=True)
+        prior_raw = prior.model_dump(by_alias=True, exclude_none=True) if prior else None
+        if new_raw != prior_raw:
+            self.kube.patch_status(namespace, name, new_raw)
+        for t in status.transitions(prior, new):
+            self._event(body, t)
+
+    def _desired_replicas(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> int:
+        if not spec.autoscaling.enabled:
+            return spec.replicas
+        dep = self.kube.get("apps/v1", "Deployment", namespace, name)
+        return int((dep or {}).get("spec", {}).get("replicas") or spec.autoscaling.min_replicas)
+
+    def _prune(self, namespace: str, name: str, uid: str, desired: list[Obj]) -> None:
+        keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        for api_version, kind in CHILD_KINDS:
+            for obj in self.kube.list(api_version, kind, namespace, f"{render.NAME_LABEL}={name}"):
+                obj_name = obj["metadata"]["name"]
+                if (kind, obj_name) in keep or not _controlled_by(obj, uid):
+                    continue
+                log.info("deleting %s %s/%s: no longer desired", kind, namespace, obj_name)
+                self.kube.delete({"apiVersion": api_version, "kind": kind, "metadata": obj["metadata"]})
+
+    def _event(self, body: Obj, t: status.Transition) -> None:
+        reason = t.reason if t.status == "True" or t.type == "Ready" else f"{t.type}Cleared"
+        if t.type == "Ready" and t.status == "True":
+            reason = "Ready"
+        try:
+            self.kube.event(body, "Warning" if t.warning else "Normal", reason, f"{t.type}={t.status}: {t.message}")
+        except Exception:  # an Event is best effort; never fail a reconcile over it
+            log.warning("could not post event for %s/%s", body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def owner_of(obj_meta: Obj) -> str | None:
+    """Name of the ModelDeployment controlling a child, from its owner references."""
+    for ref in obj_meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion") == f"{GROUP}/{VERSION}" and ref.get("controller"):
+            return str(ref["name"])
+    return None

@@ -1,0 +1,257 @@
+"""Pure rendering: a validated spec plus resolved facts in, the desired child objects out.
+
+No I/O. The same input gives the same objects (and the same YAML bytes) every time; the
+operator, `modeldeploy render` and the golden-file tests all call this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, tgi
+from modeldeploy.api import ModelDeploymentSpec
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+NAME_LABEL = f"{GROUP}/name"
+ENGINE_NAME = "text-generation-inference"
+CONTAINER = "server"
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class CacheMount:
+    """A ready weight cache: the PVC to mount read-only at /data, and serve offline."""
+
+    claim_name: str
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the operator worked out before rendering (planner, catalog, cluster facts)."""
+
+    model_id: str
+    gpus: int
+    num_shard: int
+    gpu_products: tuple[str, ...] = ()
+    image: str = ""
+    startup_timeout_seconds: int = tgi.DEFAULT_STARTUP_TIMEOUT_SECONDS
+    max_surge: int = 0
+    max_unavailable: int = 1
+    cache: CacheMount | None = None
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    template_hash: str = ""
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": ENGINE_NAME,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "inference-server",
+        "app.kubernetes.io/part-of": "modeldeploy",
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
+        NAME_LABEL: name,
+    }
+
+
+def selector(name: str) -> dict[str, str]:
+    # Immutable on a Deployment: keep it to the one label that identifies the owner.
+    return {NAME_LABEL: name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(name).items()))
+
+
+def endpoint(name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc:{tgi.PORT}"
+
+
+def _meta(name: str, namespace: str, owner: Owner | None, extra: dict[str, str] | None = None) -> Obj:
+    meta: Obj = {"name": name, "namespace": namespace, "labels": {**labels(name), **(extra or {})}}
+    if owner is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta
+
+
+def _env(spec: ModelDeploymentSpec, res: Resolved) -> list[Obj]:
+    env: list[Obj] = [{"name": "HF_HOME", "value": tgi.DATA_DIR}]
+    if res.cache is not None:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    ref = spec.model.token_secret_ref
+    if ref is not None:
+        # Only a reference: the token value never passes through the operator.
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def _resources(spec: ModelDeploymentSpec, res: Resolved) -> Obj:
+    limits: Obj = {}
+    requests: Obj = {}
+    if res.gpus > 0:
+        limits[GPU_RESOURCE] = str(res.gpus)
+        requests[GPU_RESOURCE] = str(res.gpus)
+    if spec.resources.cpu:
+        requests["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        requests["memory"] = spec.resources.memory
+        limits["memory"] = spec.resources.memory
+    return {"limits": limits, "requests": requests}
+
+
+def _probes(timeout_seconds: int) -> Obj:
+    http = {"path": tgi.HEALTH_PATH, "port": "http"}
+    period = 10
+    return {
+        # Nothing listens until download, load and warmup finish: allow the whole budget.
+        "startupProbe": {
+            "httpGet": http,
+            "periodSeconds": period,
+            "timeoutSeconds": 5,
+            "failureThreshold": max(1, math.ceil(timeout_seconds / period)),
+        },
+        "readinessProbe": {"httpGet": http, "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": 3},
+        # Tolerant: a busy server answering slowly must not be killed mid-batch.
+        "livenessProbe": {"httpGet": http, "periodSeconds": 30, "timeoutSeconds": 10, "failureThreshold": 6},
+    }
+
+
+def _affinity(res: Resolved) -> Obj | None:
+    if not res.gpu_products:
+        return None
+    # A GPU type has several product label values (SXM, PCIe ...): nodeAffinity, not nodeSelector.
+    term = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(res.gpu_products)}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+def _tolerations(spec: ModelDeploymentSpec, res: Resolved) -> list[Obj]:
+    out: list[Obj] = []
+    if res.gpus > 0:
+        out.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    for t in spec.scheduling.tolerations:
+        tol = t.model_dump(by_alias=True, exclude_defaults=True)
+        tol["operator"] = t.operator
+        out.append(tol)
+    return out
+
+
+def _volumes(spec: ModelDeploymentSpec, res: Resolved) -> tuple[list[Obj], list[Obj]]:
+    volumes: list[Obj] = [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}}]
+    mounts: list[Obj] = [{"name": "shm", "mountPath": tgi.SHM_DIR}]
+    if res.cache is not None:
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": res.cache.claim_name}})
+        mounts.append({"name": "data", "mountPath": tgi.DATA_DIR, "readOnly": True})
+    else:
+        volumes.append({"name": "data", "emptyDir": {}})
+        mounts.append({"name": "data", "mountPath": tgi.DATA_DIR})
+    return volumes, mounts
+
+
+def deployment(
+    name: str, namespace: str, spec: ModelDeploymentSpec, res: Resolved, owner: Owner | None
+) -> Obj:
+    volumes, mounts = _volumes(spec, res)
+    container: Obj = {
+        "name": CONTAINER,
+        "image": res.image,
+        "args": tgi.launcher_args(spec.model, spec.engine, tgi.LaunchPlan(res.model_id, res.num_shard)),
+        "env": _env(spec, res),
+        "ports": [{"name": "http", "containerPort": tgi.PORT, "protocol": "TCP"}],
+        "resources": _resources(spec, res),
+        "volumeMounts": mounts,
+        **_probes(res.startup_timeout_seconds),
+    }
+    pod_spec: Obj = {
+        "containers": [container],
+        "volumes": volumes,
+        "tolerations": _tolerations(spec, res),
+        "terminationGracePeriodSeconds": tgi.TERMINATION_GRACE_SECONDS,
+        "enableServiceLinks": False,
+    }
+    if spec.scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(sorted(spec.scheduling.node_selector.items()))
+    if (aff := _affinity(res)) is not None:
+        pod_spec["affinity"] = aff
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    dep_spec: Obj = {}
+    if not spec.autoscaling.enabled:
+        # With autoscaling on, replicas is left out so the autoscaler owns it (SSA hand-over).
+        dep_spec["replicas"] = spec.replicas
+    dep_spec |= {
+        "selector": {"matchLabels": selector(name)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": res.max_surge, "maxUnavailable": res.max_unavailable},
+        },
+        "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+        "revisionHistoryLimit": 3,
+        "template": {"metadata": {"labels": {**labels(name), **res.extra_labels}}, "spec": pod_spec},
+    }
+    meta = _meta(name, namespace, owner, res.extra_labels)
+    if res.template_hash:
+        # Lets the next pass tell a real rollout from a re-apply (see resolve.with_strategy).
+        meta["annotations"] = {f"{GROUP}/template-hash": res.template_hash}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": dep_spec}
+
+
+def service(name: str, namespace: str, owner: Owner | None) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace, owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(name),
+            "ports": [{"name": "http", "port": tgi.PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def pod_disruption_budget(name: str, namespace: str, owner: Owner | None) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(name, namespace, owner),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}},
+    }
+
+
+def render(name: str, namespace: str, spec: ModelDeploymentSpec, res: Resolved, owner: Owner | None) -> list[Obj]:
+    """Every desired child, in apply order."""
+    children = [deployment(name, namespace, spec, res, owner), service(name, namespace, owner)]
+    most = spec.autoscaling.max_replicas if spec.autoscaling.enabled else spec.replicas
+    if most > 1:
+        children.append(pod_disruption_budget(name, namespace, owner))
+    return children
+
+
+class NoAliasDumper(yaml.SafeDumper):
+    """Plain YAML for humans and GitOps diffs: repeated sub-objects are written out, not aliased."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(objs: list[Obj]) -> str:
+    return yaml.dump_all(objs, Dumper=NoAliasDumper, sort_keys=False, default_flow_style=False)

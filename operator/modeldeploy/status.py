@@ -1,0 +1,196 @@
+"""Pure status computation: from what the operator observed to kstatus-style conditions.
+
+`Ready` is always present. `Reconciling` and `Stalled` are present only while True, as
+kstatus expects. Pod-level causes (scheduling, image pulls, crash loops, OOM kills) are lifted
+into the conditions with their numbers so `kubectl get mdep` says what is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modeldeploy.api import Condition, ModelDeploymentStatus, PlanStatus
+from modeldeploy.errors import SpecError
+
+Obj = dict[str, Any]
+
+# Waiting reasons that will not clear without a change by someone.
+FATAL_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                 "CrashLoopBackOff")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    reason: str
+    message: str
+    fatal: bool
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A reason the rollout waits that is not visible on a pod (e.g. no free GPU to surge)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    desired_replicas: int
+    deployment: Obj | None
+    pods: list[Obj]
+    plan: PlanStatus | None = None
+    blocked: Blocked | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    type: str
+    status: str
+    reason: str
+    message: str
+    warning: bool
+
+
+def diagnose_pods(pods: list[Obj]) -> list[PodProblem]:
+    """The first problem of each pod, most telling first (OOMKilled before CrashLoopBackOff)."""
+    found: dict[str, list[str]] = {}
+    fatal: dict[str, bool] = {}
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            continue
+        name = meta.get("name", "?")
+        status = pod.get("status", {})
+        problem: tuple[str, str, bool] | None = None
+        for cond in status.get("conditions", []) or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                if cond.get("reason") == "Unschedulable":
+                    problem = ("Unschedulable", cond.get("message", ""), False)
+        for cs in status.get("containerStatuses", []) or []:
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            now = (cs.get("state") or {}).get("terminated") or {}
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            restarts = cs.get("restartCount", 0)
+            if "OOMKilled" in (last.get("reason"), now.get("reason")):
+                problem = (
+                    "OOMKilled",
+                    f"container {cs.get('name')} was OOMKilled (restarts: {restarts}); "
+                    "raise spec.resources.memory or lower maxTotalTokens/maxBatchPrefillTokens",
+                    True,
+                )
+                break
+            if waiting.get("reason") in FATAL_WAITING:
+                detail = waiting.get("message", "")
+                msg = f"container {cs.get('name')}: {waiting['reason']}"
+                if restarts:
+                    msg += f" (restarts: {restarts})"
+                if detail:
+                    msg += f": {detail}"
+                problem = (waiting["reason"], msg, True)
+        if problem is not None:
+            reason, message, is_fatal = problem
+            found.setdefault(reason, []).append(f"{name}: {message}" if reason != "Unschedulable" else message)
+            fatal[reason] = is_fatal
+    order = ["OOMKilled", "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+             "CreateContainerConfigError", "Unschedulable"]  # fmt: skip
+    out: list[PodProblem] = []
+    for reason in sorted(found, key=lambda r: order.index(r) if r in order else len(order)):
+        msgs = found[reason]
+        n = len(msgs)
+        lead = f"{n} pod{'s' if n != 1 else ''} {'cannot be scheduled' if reason == 'Unschedulable' else reason}"
+        out.append(PodProblem(reason, f"{lead}: {msgs[0]}", fatal[reason]))
+    return out
+
+
+def _cond(type_: str, status: str, reason: str, message: str) -> Condition:
+    return Condition(type=type_, status=status, reason=reason, message=message)  # type: ignore[arg-type]
+
+
+def _deployment_numbers(dep: Obj | None) -> tuple[int, int, int, bool, str]:
+    """(replicas, ready, updated, rollout observed, deadline message) of a Deployment."""
+    if dep is None:
+        return 0, 0, 0, False, ""
+    st = dep.get("status", {}) or {}
+    observed = st.get("observedGeneration", 0) >= dep.get("metadata", {}).get("generation", 1)
+    deadline = ""
+    for c in st.get("conditions", []) or []:
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            deadline = c.get("message", "")
+    return st.get("replicas", 0), st.get("readyReplicas", 0), st.get("updatedReplicas", 0), observed, deadline
+
+
+def compute(
+    name: str,
+    namespace: str,
+    generation: int,
+    selector: str,
+    endpoint: str,
+    observed: Observed | None,
+    error: SpecError | None,
+    prior: ModelDeploymentStatus | None,
+    now: str,
+) -> ModelDeploymentStatus:
+    """The whole status. With `error` set the spec was refused and nothing was applied."""
+    dep = observed.deployment if observed else None
+    replicas, ready, updated, dep_observed, deadline = _deployment_numbers(dep)
+    conds: list[Condition] = []
+    if error is not None:
+        conds.append(_cond("Ready", "False", error.reason, error.message))
+        conds.append(_cond("Stalled", "True", error.reason, f"{error.field}: {error.message}"))
+    else:
+        assert observed is not None
+        desired = observed.desired_replicas
+        problems = diagnose_pods(observed.pods)
+        fatal = next((p for p in problems if p.fatal), None)
+        done = dep is not None and dep_observed and updated >= desired and ready >= desired and replicas == desired
+        counts = f"{ready}/{desired} replicas ready, {updated} updated"
+        if desired == 0 and done:
+            conds.append(_cond("Ready", "True", "ScaledToZero", "scaled to zero replicas"))
+        elif ready >= desired > 0:
+            conds.append(_cond("Ready", "True", "Available", f"{counts}; serving at {endpoint}"))
+        elif problems:
+            conds.append(_cond("Ready", "False", problems[0].reason, f"{counts}; {problems[0].message}"))
+        else:
+            conds.append(_cond("Ready", "False", "Progressing", f"{counts}; waiting for pods"))
+        if deadline:
+            conds.append(_cond("Stalled", "True", "ProgressDeadlineExceeded", deadline))
+        elif fatal is not None:
+            conds.append(_cond("Stalled", "True", fatal.reason, fatal.message))
+        elif not done:
+            if observed.blocked is not None:
+                conds.append(_cond("Reconciling", "True", observed.blocked.reason, observed.blocked.message))
+            elif problems:
+                conds.append(_cond("Reconciling", "True", problems[0].reason, problems[0].message))
+            else:
+                conds.append(_cond("Reconciling", "True", "Progressing", f"rolling out: {counts}"))
+    prior_by_type = {c.type: c for c in (prior.conditions if prior else [])}
+    for c in conds:
+        c.observed_generation = generation
+        old = prior_by_type.get(c.type)
+        same = old is not None and old.status == c.status
+        c.last_transition_time = old.last_transition_time if same and old else now
+    return ModelDeploymentStatus(
+        observed_generation=generation,
+        conditions=conds,
+        replicas=replicas,
+        ready_replicas=ready,
+        updated_replicas=updated,
+        selector=selector,
+        endpoint=endpoint,
+        plan=observed.plan if observed else (prior.plan if prior else None),
+        cache=prior.cache if prior else None,
+    )
+
+
+def transitions(prior: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> list[Transition]:
+    """Conditions whose status or reason changed: these, and only these, get an Event."""
+    old = {c.type: (c.status, c.reason) for c in (prior.conditions if prior else [])}
+    out: list[Transition] = []
+    for c in new.conditions:
+        if old.get(c.type) == (c.status, c.reason):
+            continue
+        warning = (c.type == "Stalled") or (c.type == "Ready" and c.status == "False" and c.reason != "Progressing")
+        out.append(Transition(c.type, c.status, c.reason, c.message, warning))
+    return out

@@ -1,0 +1,165 @@
+"""Fixtures: one real control plane per test session, a fresh namespace per test, and the
+operator running against it as a separate process (the same `modeldeploy run` users run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modeldeploy.localcluster import LocalCluster, Binaries, free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "crds" / "modeldeploy.dev_modeldeployments.yaml"
+
+
+class Cluster:
+    """Test-side handle: kubectl, JSON reads and waits."""
+
+    def __init__(self, lc: LocalCluster) -> None:
+        self.lc = lc
+        self.kubeconfig = lc.kubeconfig_path
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [str(self.lc.bins.kubectl), *args], input=stdin, capture_output=True, text=True,
+            env=self.lc.env(), timeout=120,
+        )  # fmt: skip
+        if check and res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{res.stderr}")
+        return res
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([str(self.lc.bins.helm), *args], capture_output=True, text=True,
+                             env=self.lc.env(), timeout=300)  # fmt: skip
+        if check and res.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{res.stderr}")
+        return res
+
+    def apply(self, obj: dict[str, Any] | list[dict[str, Any]], namespace: str | None = None,
+              check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        docs = obj if isinstance(obj, list) else [obj]
+        ns = ["-n", namespace] if namespace else []
+        return self.kubectl("apply", *ns, "-f", "-", stdin=yaml.safe_dump_all(docs), check=check)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        ns = ["-n", namespace] if namespace else []
+        res = self.kubectl("get", kind, name, *ns, "-o", "json", check=False)
+        if res.returncode != 0:
+            if "NotFound" in res.stderr:
+                return None
+            raise AssertionError(res.stderr)
+        out: dict[str, Any] = json.loads(res.stdout)
+        return out
+
+    def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        sel = ["-l", selector] if selector else []
+        res = self.kubectl("get", kind, "-n", namespace, *sel, "-o", "json")
+        items: list[dict[str, Any]] = json.loads(res.stdout)["items"]
+        return items
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
+        """Poll until check() returns something truthy; return it."""
+        box: list[Any] = []
+
+        def probe() -> bool:
+            v = check()
+            if v:
+                box.append(v)
+                return True
+            return False
+
+        wait_for(what, probe, timeout=timeout, interval=0.3)
+        return box[-1]
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    try:
+        bins = Binaries.locate()
+    except FileNotFoundError as e:
+        pytest.fail(str(e))  # a missing control plane is a failure, never a skip
+    state = Path(tempfile.mkdtemp(prefix="modeldeploy-test-"))
+    lc = LocalCluster(state=state, bins=bins)
+    lc.start()
+    try:
+        yield lc
+    finally:
+        lc.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(local_cluster: LocalCluster) -> Cluster:
+    c = Cluster(local_cluster)
+    c.kubectl("apply", "--server-side", "-f", str(CRD))
+    c.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.dev", "--timeout=60s")
+    return c
+
+
+@pytest.fixture(scope="session")
+def operator_proc(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
+    """`modeldeploy run` against the test cluster, with a fast resync."""
+    port = free_port()
+    log_path = cluster.lc.state / "logs" / "operator.log"
+    env = {**cluster.lc.env(), "MODELDEPLOY_RESYNC_SECONDS": "5"}
+    with log_path.open("ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modeldeploy.cli", "run", f"--liveness=http://127.0.0.1:{port}/healthz"],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+
+    def alive() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited: {log_path.read_text()[-3000:]}")
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    wait_for("operator liveness", alive, timeout=60)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture()
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.wait("default ServiceAccount", lambda: cluster.get("serviceaccount", "default", name), timeout=60)
+    yield name
+    if os.environ.get("MODELDEPLOY_KEEP_NAMESPACES") != "1":
+        cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture()
+def operator(operator_proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    if operator_proc.poll() is not None:
+        pytest.fail("operator process died")
+    return operator_proc
+
+
+def now() -> float:
+    return time.monotonic()
