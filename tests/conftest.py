@@ -52,9 +52,11 @@ class Cluster:
         ns = ["-n", namespace] if namespace else []
         return self.kubectl("apply", *ns, "-f", "-", stdin=yaml.safe_dump_all(docs), check=check)
 
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+    def get(self, kind: str, name: str, namespace: str | None = None, managed_fields: bool = False
+            ) -> dict[str, Any] | None:  # fmt: skip
         ns = ["-n", namespace] if namespace else []
-        res = self.kubectl("get", kind, name, *ns, "-o", "json", check=False)
+        extra = ["--show-managed-fields"] if managed_fields else []
+        res = self.kubectl("get", kind, name, *ns, "-o", "json", *extra, check=False)
         if res.returncode != 0:
             if "NotFound" in res.stderr:
                 return None

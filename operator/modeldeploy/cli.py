@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(namespaces) == 1:
         handlers._state["namespace"] = namespaces[0]
     kopf.configure(
-        verbose=args.verbose,
+        verbose=args.log_level == "debug",
+        debug=False,
+        quiet=args.log_level in ("warning", "error"),
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -86,9 +89,15 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the operator")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
-    run.add_argument("--log-format", choices=["plain", "json"], default="plain")
+    run.add_argument(
+        "--log-format", choices=["plain", "json"], default=os.environ.get("MODELDEPLOY_LOG_FORMAT", "plain")
+    )
     run.add_argument("--peering", action="store_true", help="kopf peering: one active replica, others standby")
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=os.environ.get("MODELDEPLOY_LOG_LEVEL", "info"),
+    )
     run.set_defaults(fn=cmd_run)
     rnd = sub.add_parser("render", help="print the children of ModelDeployments in FILE, offline")
     rnd.add_argument("-f", "--file", required=True, help="YAML file with ModelDeployment documents ('-' = stdin)")

@@ -52,6 +52,8 @@ class Resolved:
     cache: CacheMount | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
     template_hash: str = ""
+    max_total_tokens: int | None = None
+    max_input_tokens: int | None = None
 
 
 def labels(name: str) -> dict[str, str]:
@@ -174,7 +176,11 @@ def deployment(
     container: Obj = {
         "name": CONTAINER,
         "image": res.image,
-        "args": tgi.launcher_args(spec.model, spec.engine, tgi.LaunchPlan(res.model_id, res.num_shard)),
+        "args": tgi.launcher_args(
+            spec.model,
+            spec.engine,
+            tgi.LaunchPlan(res.model_id, res.num_shard, res.max_input_tokens, res.max_total_tokens),
+        ),
         "env": _env(spec, res),
         "ports": [{"name": "http", "containerPort": tgi.PORT, "protocol": "TCP"}],
         "resources": _resources(spec, res),

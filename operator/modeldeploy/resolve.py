@@ -10,9 +10,10 @@ import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from modeldeploy import render
-from modeldeploy.api import ModelDeploymentSpec, PlanStatus
-from modeldeploy.errors import SpecError
+from modeldeploy import catalog, planner, render
+from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec, PlanStatus, Quantize
+from modeldeploy.catalog import GpuType
+from modeldeploy.errors import DoesNotFitError, SpecError
 from modeldeploy.settings import Settings
 
 if TYPE_CHECKING:
@@ -103,22 +104,132 @@ def strategy(spec: ModelDeploymentSpec, gpus: int, products: tuple[str, ...], fa
     return surge, unavailable
 
 
-def resolve(spec: ModelDeploymentSpec, settings: Settings, facts: ClusterFacts) -> tuple[render.Resolved, PlanStatus]:
-    model_id = spec.model.id
+def _gpu_for(spec: ModelDeploymentSpec, settings: Settings) -> GpuType | None:
+    if not spec.resources.gpu_type:
+        return None
+    try:
+        return catalog.find_gpu(spec.resources.gpu_type, settings.extra_gpu_types)
+    except catalog.CatalogError as e:
+        raise SpecError("spec.resources.gpuType", str(e)) from e
+
+
+def _cluster_gpu_types(facts: ClusterFacts, settings: Settings) -> list[GpuType]:
+    """GPU types present on the cluster's nodes, smallest first; the whole catalog offline."""
+    types: dict[str, GpuType] = {}
+    for node in facts.nodes:
+        gpu = catalog.find_gpu_for_node({render.GPU_PRODUCT_LABEL: node.product}, settings.extra_gpu_types)
+        if gpu is not None:
+            types[gpu.name] = gpu
+    found = list(types.values()) or catalog.gpu_types(settings.extra_gpu_types)
+    return sorted(found, key=lambda g: (g.memory_mib, g.name))
+
+
+def _plan_error(spec: ModelDeploymentSpec, err: planner.PlanError) -> SpecError:
+    field = {
+        planner.PlanFailure.unsupported_quantization: "spec.engine.quantize",
+        planner.PlanFailure.invalid_settings: "spec.engine",
+    }.get(err.reason, "spec.resources.gpus")
+    cls = DoesNotFitError if err.reason == planner.PlanFailure.does_not_fit else SpecError
+    out = cls(field, err.message)
+    out.reason = str(err.reason)
+    return out
+
+
+def plan_model(
+    spec: ModelDeploymentSpec, arch: ModelArchitecture, settings: Settings, facts: ClusterFacts
+) -> planner.Plan:
+    """Plan on the asked GPU type, or on the smallest GPU type present that fits."""
+    engine = spec.engine
+    all_types = catalog.gpu_types(settings.extra_gpu_types)
+    kwargs = {
+        "quantize": engine.quantize,
+        "dtype": engine.dtype,
+        "kv_cache_dtype": engine.kv_cache_dtype,
+        "max_total_tokens": engine.max_total_tokens,
+        "gpus": spec.resources.gpus,
+        "catalog": all_types,
+    }
+    gpu = _gpu_for(spec, settings)
+    if gpu is not None:
+        try:
+            return planner.plan(arch, gpu, **kwargs)  # type: ignore[arg-type]
+        except planner.PlanError as e:
+            raise _plan_error(spec, e) from e
+    first_error: planner.PlanError | None = None
+    best: planner.Plan | None = None
+    for candidate in _cluster_gpu_types(facts, settings):
+        try:
+            p = planner.plan(arch, candidate, **kwargs)  # type: ignore[arg-type]
+        except planner.PlanError as e:
+            first_error = first_error or e
+            if e.reason != planner.PlanFailure.does_not_fit:
+                raise _plan_error(spec, e) from e
+            continue
+        if best is None or p.gpus_per_replica < best.gpus_per_replica:
+            best = p
+    if best is None:
+        assert first_error is not None
+        raise _plan_error(spec, first_error)
+    return best
+
+
+def model_facts(spec: ModelDeploymentSpec) -> tuple[str, ModelArchitecture | None]:
+    """The repo id and architecture facts, from the spec or its catalog preset."""
+    preset = None
+    if spec.model.preset:
+        try:
+            preset = catalog.get_preset(spec.model.preset)
+        except catalog.CatalogError as e:
+            raise SpecError("spec.model.preset", str(e)) from e
+    model_id = spec.model.id or (preset.id if preset else "")
+    if preset is None and model_id:
+        # A catalog model named by its repo id gets the same facts as its preset.
+        preset = next((p for p in catalog.list_presets() if p.id == model_id), None)
+    arch = spec.model.architecture
+    if arch is None and preset is not None and model_id == preset.id:
+        arch = preset.architecture
+    return model_id, arch
+
+
+def resolve(
+    spec: ModelDeploymentSpec, settings: Settings, facts: ClusterFacts
+) -> tuple[render.Resolved, PlanStatus]:
+    """Everything the renderer needs, or a SpecError saying which field to fix."""
+    model_id, arch = model_facts(spec)
     if not model_id:
-        raise SpecError("spec.model.preset", f"unknown preset {spec.model.preset!r}")
-    gpus = 1 if spec.resources.gpus == "auto" else int(spec.resources.gpus)
-    products: tuple[str, ...] = ()
+        raise SpecError("spec.model", "set id (a Hugging Face repo id) or a known preset")
+    engine = spec.engine
+    max_total = engine.max_total_tokens
+    max_input = engine.max_input_tokens
+    if arch is not None:
+        p = plan_model(spec, arch, settings, facts)
+        gpu = catalog.find_gpu(p.gpu_type, settings.extra_gpu_types)
+        gpus, products = p.gpus_per_replica, tuple(gpu.products)
+        status = p.to_status()
+        if max_total is None:
+            # TGI would otherwise size for the model's full context, which the plan did not.
+            max_total = p.max_total_tokens
+            if max_input is None or max_input >= max_total:
+                max_input = max_total - 1
+    else:
+        # No facts (not in the catalog, none given): trust the spec, and say nothing was planned.
+        gpu_type = _gpu_for(spec, settings)
+        gpus = 1 if spec.resources.gpus == "auto" else int(spec.resources.gpus)
+        if engine.quantize == Quantize.exl2 and gpus > 1:
+            raise SpecError("spec.resources.gpus", "exl2 weights cannot be sharded: use gpus 1")
+        products = tuple(gpu_type.products) if gpu_type else ()
+        status = PlanStatus(gpus_per_replica=gpus, num_shard=gpus, gpu_type=gpu_type.name if gpu_type else "")
     res = render.Resolved(
         model_id=model_id,
         gpus=gpus,
         num_shard=gpus,
         gpu_products=products,
-        image=spec.engine.image or settings.default_image,
-        startup_timeout_seconds=spec.engine.startup_timeout_seconds or settings.startup_timeout_seconds,
+        image=engine.image or settings.default_image,
+        startup_timeout_seconds=engine.startup_timeout_seconds or settings.startup_timeout_seconds,
+        max_total_tokens=max_total,
+        max_input_tokens=max_input,
     )
-    plan = PlanStatus(gpus_per_replica=gpus, num_shard=gpus, gpu_type=spec.resources.gpu_type)
-    return with_strategy(spec, res, facts), plan
+    return with_strategy(spec, res, facts), status
 
 
 def with_strategy(spec: ModelDeploymentSpec, res: render.Resolved, facts: ClusterFacts) -> render.Resolved:

@@ -99,6 +99,9 @@ def parse_extra_args(args: list[str]) -> list[tuple[str, str | None]]:
 class LaunchPlan:
     model_id: str
     num_shard: int
+    # Token limits after planning: the spec's values, or the ones the GPU plan was sized for.
+    max_input_tokens: int | None = None
+    max_total_tokens: int | None = None
 
 
 def launcher_args(model: ModelSource, engine: Engine, launch: LaunchPlan) -> list[str]:
@@ -111,10 +114,12 @@ def launcher_args(model: ModelSource, engine: Engine, launch: LaunchPlan) -> lis
         args += ["--dtype", engine.dtype.value]
     if engine.kv_cache_dtype is not None:
         args += ["--kv-cache-dtype", engine.kv_cache_dtype.value]
-    if engine.max_input_tokens is not None:
-        args += ["--max-input-tokens", str(engine.max_input_tokens)]
-    if engine.max_total_tokens is not None:
-        args += ["--max-total-tokens", str(engine.max_total_tokens)]
+    max_input = launch.max_input_tokens if launch.max_input_tokens is not None else engine.max_input_tokens
+    max_total = launch.max_total_tokens if launch.max_total_tokens is not None else engine.max_total_tokens
+    if max_input is not None:
+        args += ["--max-input-tokens", str(max_input)]
+    if max_total is not None:
+        args += ["--max-total-tokens", str(max_total)]
     if engine.max_batch_prefill_tokens is not None:
         args += ["--max-batch-prefill-tokens", str(engine.max_batch_prefill_tokens)]
     if engine.max_concurrent_requests is not None:
