@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.localcluster import LocalCluster, Binaries, free_port, wait_for
+from modeldeploy.localcluster import Binaries, LocalCluster, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "modeldeploy.dev_modeldeployments.yaml"
@@ -30,7 +30,9 @@ class Cluster:
         self.lc = lc
         self.kubeconfig = lc.kubeconfig_path
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(
             [str(self.lc.bins.kubectl), *args], input=stdin, capture_output=True, text=True,
             env=self.lc.env(), timeout=120,

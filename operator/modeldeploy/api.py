@@ -136,7 +136,9 @@ class Engine(Model):
     max_concurrent_requests: Annotated[int | None, Field(ge=1)] = None
     extra_args: Annotated[
         list[str],
-        Field(max_length=64, description="Other TGI launcher flags; unknown or typed-field flags are refused."),
+        Field(
+            max_length=64, description="Other TGI launcher flags; unknown or typed-field flags are refused."
+        ),
     ] = []
     startup_timeout_seconds: Annotated[
         int | None,
@@ -225,7 +227,8 @@ class Rollout(Model):
                 "spec.rollout.maxSurge: must be 'auto' or an integer >= 0",
             ),
             (
-                "type(self.maxUnavailable) == string ? self.maxUnavailable == 'auto' : self.maxUnavailable >= 0",
+                "type(self.maxUnavailable) == string ? self.maxUnavailable == 'auto'"
+                " : self.maxUnavailable >= 0",
                 "spec.rollout.maxUnavailable: must be 'auto' or an integer >= 0",
             ),
         )
@@ -277,6 +280,7 @@ class CacheStatus(Model):
 
 class ModelDeploymentStatus(Model):
     observed_generation: int | None = None
+    model: Annotated[str, Field(description="Hugging Face repo id being served (resolved from a preset).")] = ""
     conditions: list[Condition] = []
     replicas: int = 0
     ready_replicas: int = 0

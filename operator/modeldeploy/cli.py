@@ -88,11 +88,15 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
-    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
+    run.add_argument(
+        "--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)"
+    )
     run.add_argument(
         "--log-format", choices=["plain", "json"], default=os.environ.get("MODELDEPLOY_LOG_FORMAT", "plain")
     )
-    run.add_argument("--peering", action="store_true", help="kopf peering: one active replica, others standby")
+    run.add_argument(
+        "--peering", action="store_true", help="kopf peering: one active replica, others standby"
+    )
     run.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
@@ -100,7 +104,9 @@ def parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(fn=cmd_run)
     rnd = sub.add_parser("render", help="print the children of ModelDeployments in FILE, offline")
-    rnd.add_argument("-f", "--file", required=True, help="YAML file with ModelDeployment documents ('-' = stdin)")
+    rnd.add_argument(
+        "-f", "--file", required=True, help="YAML file with ModelDeployment documents ('-' = stdin)"
+    )
     rnd.set_defaults(fn=cmd_render)
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition")
     crd.set_defaults(fn=cmd_crd)

@@ -131,7 +131,7 @@ def crd() -> dict[str, Any]:
                         },
                     },
                     "additionalPrinterColumns": [
-                        {"name": "Model", "type": "string", "jsonPath": ".spec.model.id"},
+                        {"name": "Model", "type": "string", "jsonPath": ".status.model"},
                         {"name": "Quantize", "type": "string", "jsonPath": ".spec.engine.quantize"},
                         {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.gpusPerReplica"},
                         {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},

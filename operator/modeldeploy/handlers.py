@@ -74,8 +74,9 @@ def cleanup(**_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-def on_model(name: str, namespace: str, **_: Any) -> None:
-    reconciler().reconcile(namespace, name)
+def on_model(name: str, namespace: str | None, **_: Any) -> None:
+    if namespace:
+        reconciler().reconcile(namespace, name)
 
 
 def _on_child(meta: dict[str, Any], namespace: str, apply: bool) -> None:
@@ -87,14 +88,15 @@ def _on_child(meta: dict[str, Any], namespace: str, apply: bool) -> None:
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
 @kopf.on.event("v1", "services", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
-def on_child(meta: kopf.Meta, namespace: str, **_: Any) -> None:
+def on_child(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
     # A child changed (rollout progress, or someone edited it): re-apply and refresh status.
-    _on_child(dict(meta), namespace, apply=True)
+    if namespace:
+        _on_child(dict(meta), namespace, apply=True)
 
 
 @kopf.on.event("v1", "pods", labels={render.NAME_LABEL: kopf.PRESENT})
-def on_pod(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
     # Pods carry causes (Unschedulable, CrashLoopBackOff ...): refresh status only.
     name = labels.get(render.NAME_LABEL)
-    if name:
+    if name and namespace:
         reconciler().reconcile(namespace, name, apply=False)

@@ -6,8 +6,9 @@ modules stay pure.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -21,9 +22,9 @@ Obj = dict[str, Any]
 
 def load_config() -> client.ApiClient:
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     return client.ApiClient()
 
 
@@ -34,7 +35,7 @@ def now_rfc3339() -> str:
 class Kube:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or load_config()
-        self.dyn = DynamicClient(self.api)
+        self.dyn = DynamicClient(self.api)  # type: ignore[no-untyped-call]
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
@@ -80,25 +81,23 @@ class Kube:
 
     def delete(self, obj: Obj) -> None:
         meta = obj["metadata"]
-        try:
+        with contextlib.suppress(NotFoundError):
             self._resource(obj["apiVersion"], obj["kind"]).delete(
                 name=meta["name"],
                 namespace=meta.get("namespace"),
                 body={"propagationPolicy": "Background", "preconditions": {"uid": meta.get("uid")}},
             )
-        except NotFoundError:
-            pass
 
     # -- ModelDeployments ---------------------------------------------------------------------
 
     def get_model(self, namespace: str, name: str) -> Obj | None:
         try:
-            out = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            out = cast(Obj, self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        return dict(out)
+        return out
 
     def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         # A merge patch of the status subresource: the spec is never written.

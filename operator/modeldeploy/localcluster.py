@@ -50,8 +50,8 @@ def cache_dir() -> Path:
 def versions(path: Path | None = None) -> dict[str, str]:
     path = path or REPO_ROOT / "hack" / "versions.env"
     out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#") and "=" in line:
             k, v = line.split("=", 1)
             out[k.strip()] = v.strip()
@@ -292,7 +292,9 @@ class LocalCluster:
             except Exception:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} not healthy after {timeout:.0f}s; see {self.state}/logs/{name}.log")
+                raise TimeoutError(
+                    f"{name} not healthy after {timeout:.0f}s; see {self.state}/logs/{name}.log"
+                )
             time.sleep(0.2)
         log(f"{name} ready ({time.monotonic() - started:.1f}s)")
 
@@ -427,11 +429,12 @@ class LocalCluster:
         def all_ready() -> bool:
             out = self.kubectl("get", "nodes", "-o", "json")
             items = json.loads(out)["items"]
-            ready = [
-                n for n in items
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
-            ]  # fmt: skip
-            return len(ready) >= len(nodes)
+
+            def is_ready(node: dict[str, Any]) -> bool:
+                conds = node["status"].get("conditions", [])
+                return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+            return sum(1 for n in items if is_ready(n)) >= len(nodes)
 
         wait_for("simulated nodes Ready", all_ready, timeout=60)
         log(f"{len(nodes)} simulated nodes Ready")
@@ -450,7 +453,11 @@ class LocalCluster:
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         res = subprocess.run(
-            [str(self.bins.kubectl), *args], input=stdin, capture_output=True, text=True, env=self.env(),
+            [str(self.bins.kubectl), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env(),
             timeout=120,
         )
         if check and res.returncode != 0:

@@ -58,7 +58,11 @@ def _prior_status(body: Obj) -> ModelDeploymentStatus | None:
 
 
 def _controlled_by(obj: Obj, uid: str) -> bool:
-    refs = obj.get("metadata", {}).get("owner_references") or obj.get("metadata", {}).get("ownerReferences") or []
+    refs = (
+        obj.get("metadata", {}).get("owner_references")
+        or obj.get("metadata", {}).get("ownerReferences")
+        or []
+    )
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
 
 
@@ -83,6 +87,7 @@ class Reconciler:
         error: SpecError | None = None
         desired: list[Obj] | None = None
         plan = None
+        model_id = ""
         desired_replicas = 0
         try:
             spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
@@ -90,6 +95,7 @@ class Reconciler:
             resolved, plan = resolve(spec, self.settings, facts)
             owner = render.Owner(name=name, uid=uid)
             desired = render.render(name, namespace, spec, resolved, owner)
+            model_id = resolved.model_id
             desired_replicas = self._desired_replicas(spec, namespace, name)
         except ValidationError as e:
             error = spec_error_from_validation(e)
@@ -108,7 +114,9 @@ class Reconciler:
         pods = self.kube.list("v1", "Pod", namespace, render.selector_string(name)) if dep else []
         if error is not None:
             desired_replicas = int((dep or {}).get("spec", {}).get("replicas") or 0)
-        observed = status.Observed(desired_replicas=desired_replicas, deployment=dep, pods=pods, plan=plan)
+        observed = status.Observed(
+            desired_replicas=desired_replicas, deployment=dep, pods=pods, plan=plan, model_id=model_id
+        )
         new = status.compute(
             name=name,
             namespace=namespace,
@@ -148,14 +156,22 @@ class Reconciler:
         if t.type == "Ready" and t.status == "True":
             reason = "Ready"
         try:
-            self.kube.event(body, "Warning" if t.warning else "Normal", reason, f"{t.type}={t.status}: {t.message}")
+            self.kube.event(
+                body, "Warning" if t.warning else "Normal", reason, f"{t.type}={t.status}: {t.message}"
+            )
         except Exception:  # an Event is best effort; never fail a reconcile over it
-            log.warning("could not post event for %s/%s", body["metadata"]["namespace"], body["metadata"]["name"])
+            log.warning(
+                "could not post event for %s/%s", body["metadata"]["namespace"], body["metadata"]["name"]
+            )
 
 
 def owner_of(obj_meta: Obj) -> str | None:
     """Name of the ModelDeployment controlling a child, from its owner references."""
     for ref in obj_meta.get("ownerReferences") or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion") == f"{GROUP}/{VERSION}" and ref.get("controller"):
+        if (
+            ref.get("kind") == KIND
+            and ref.get("apiVersion") == f"{GROUP}/{VERSION}"
+            and ref.get("controller")
+        ):
             return str(ref["name"])
     return None

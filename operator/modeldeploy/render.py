@@ -132,7 +132,12 @@ def _probes(timeout_seconds: int) -> Obj:
             "timeoutSeconds": 5,
             "failureThreshold": max(1, math.ceil(timeout_seconds / period)),
         },
-        "readinessProbe": {"httpGet": http, "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": 3},
+        "readinessProbe": {
+            "httpGet": http,
+            "periodSeconds": period,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
         # Tolerant: a busy server answering slowly must not be killed mid-batch.
         "livenessProbe": {"httpGet": http, "periodSeconds": 30, "timeoutSeconds": 10, "failureThreshold": 6},
     }
@@ -142,7 +147,9 @@ def _affinity(res: Resolved) -> Obj | None:
     if not res.gpu_products:
         return None
     # A GPU type has several product label values (SXM, PCIe ...): nodeAffinity, not nodeSelector.
-    term = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(res.gpu_products)}]}
+    term = {
+        "matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(res.gpu_products)}]
+    }
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
 
 
@@ -158,7 +165,9 @@ def _tolerations(spec: ModelDeploymentSpec, res: Resolved) -> list[Obj]:
 
 
 def _volumes(spec: ModelDeploymentSpec, res: Resolved) -> tuple[list[Obj], list[Obj]]:
-    volumes: list[Obj] = [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}}]
+    volumes: list[Obj] = [
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}}
+    ]
     mounts: list[Obj] = [{"name": "shm", "mountPath": tgi.SHM_DIR}]
     if res.cache is not None:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": res.cache.claim_name}})
@@ -243,7 +252,9 @@ def pod_disruption_budget(name: str, namespace: str, owner: Owner | None) -> Obj
     }
 
 
-def render(name: str, namespace: str, spec: ModelDeploymentSpec, res: Resolved, owner: Owner | None) -> list[Obj]:
+def render(
+    name: str, namespace: str, spec: ModelDeploymentSpec, res: Resolved, owner: Owner | None
+) -> list[Obj]:
     """Every desired child, in apply order."""
     children = [deployment(name, namespace, spec, res, owner), service(name, namespace, owner)]
     most = spec.autoscaling.max_replicas if spec.autoscaling.enabled else spec.replicas

@@ -91,7 +91,9 @@ def surge_slots(facts: ClusterFacts, gpus: int, products: tuple[str, ...]) -> in
     return sum(n.free // gpus for n in facts.nodes if not products or n.product in products)
 
 
-def strategy(spec: ModelDeploymentSpec, gpus: int, products: tuple[str, ...], facts: ClusterFacts) -> tuple[int, int]:
+def strategy(
+    spec: ModelDeploymentSpec, gpus: int, products: tuple[str, ...], facts: ClusterFacts
+) -> tuple[int, int]:
     """(maxSurge, maxUnavailable): surge only into GPUs that are free, else replace in place."""
     surge_auto = spec.rollout.max_surge == "auto"
     unavail_auto = spec.rollout.max_unavailable == "auto"

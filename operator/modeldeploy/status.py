@@ -42,6 +42,7 @@ class Observed:
     pods: list[Obj]
     plan: PlanStatus | None = None
     blocked: Blocked | None = None
+    model_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ def diagnose_pods(pods: list[Obj]) -> list[PodProblem]:
         status = pod.get("status", {})
         problem: tuple[str, str, bool] | None = None
         for cond in status.get("conditions", []) or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                if cond.get("reason") == "Unschedulable":
-                    problem = ("Unschedulable", cond.get("message", ""), False)
+            scheduled = cond.get("type") == "PodScheduled" and cond.get("status") == "False"
+            if scheduled and cond.get("reason") == "Unschedulable":
+                problem = ("Unschedulable", cond.get("message", ""), False)
         for cs in status.get("containerStatuses", []) or []:
             last = (cs.get("lastState") or {}).get("terminated") or {}
             now = (cs.get("state") or {}).get("terminated") or {}
@@ -91,7 +92,9 @@ def diagnose_pods(pods: list[Obj]) -> list[PodProblem]:
                 problem = (waiting["reason"], msg, True)
         if problem is not None:
             reason, message, is_fatal = problem
-            found.setdefault(reason, []).append(f"{name}: {message}" if reason != "Unschedulable" else message)
+            found.setdefault(reason, []).append(
+                f"{name}: {message}" if reason != "Unschedulable" else message
+            )
             fatal[reason] = is_fatal
     order = ["OOMKilled", "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
              "CreateContainerConfigError", "Unschedulable"]  # fmt: skip
@@ -99,13 +102,15 @@ def diagnose_pods(pods: list[Obj]) -> list[PodProblem]:
     for reason in sorted(found, key=lambda r: order.index(r) if r in order else len(order)):
         msgs = found[reason]
         n = len(msgs)
-        lead = f"{n} pod{'s' if n != 1 else ''} {'cannot be scheduled' if reason == 'Unschedulable' else reason}"
+        lead = (
+            f"{n} pod{'s' if n != 1 else ''} {'cannot be scheduled' if reason == 'Unschedulable' else reason}"
+        )
         out.append(PodProblem(reason, f"{lead}: {msgs[0]}", fatal[reason]))
     return out
 
 
 def _cond(type_: str, status: str, reason: str, message: str) -> Condition:
-    return Condition(type=type_, status=status, reason=reason, message=message)  # type: ignore[arg-type]
+    return Condition(type=type_, status=status, reason=reason, message=message)
 
 
 def _deployment_numbers(dep: Obj | None) -> tuple[int, int, int, bool, str]:
@@ -144,7 +149,13 @@ def compute(
         desired = observed.desired_replicas
         problems = diagnose_pods(observed.pods)
         fatal = next((p for p in problems if p.fatal), None)
-        done = dep is not None and dep_observed and updated >= desired and ready >= desired and replicas == desired
+        done = (
+            dep is not None
+            and dep_observed
+            and updated >= desired
+            and ready >= desired
+            and replicas == desired
+        )
         counts = f"{ready}/{desired} replicas ready, {updated} updated"
         if desired == 0 and done:
             conds.append(_cond("Ready", "True", "ScaledToZero", "scaled to zero replicas"))
@@ -173,6 +184,7 @@ def compute(
         c.last_transition_time = old.last_transition_time if same and old else now
     return ModelDeploymentStatus(
         observed_generation=generation,
+        model=(observed.model_id if observed and observed.model_id else (prior.model if prior else "")),
         conditions=conds,
         replicas=replicas,
         ready_replicas=ready,
@@ -191,6 +203,8 @@ def transitions(prior: ModelDeploymentStatus | None, new: ModelDeploymentStatus)
     for c in new.conditions:
         if old.get(c.type) == (c.status, c.reason):
             continue
-        warning = (c.type == "Stalled") or (c.type == "Ready" and c.status == "False" and c.reason != "Progressing")
+        warning = (c.type == "Stalled") or (
+            c.type == "Ready" and c.status == "False" and c.reason != "Progressing"
+        )
         out.append(Transition(c.type, c.status, c.reason, c.message, warning))
     return out

@@ -75,9 +75,13 @@ def parse_extra_args(args: list[str]) -> list[tuple[str, str | None]]:
             raise SpecError(where, f"expected a --flag, got {item!r}; put flag values right after their flag")
         name, eq, inline = item[2:].partition("=")
         if name not in KNOWN_FLAGS:
-            raise SpecError(where, f"--{name} is not a text-generation-launcher flag; remove it or fix the name")
+            raise SpecError(
+                where, f"--{name} is not a text-generation-launcher flag; remove it or fix the name"
+            )
         if name in OWNED_FLAGS:
-            raise SpecError(where, f"--{name} is set by {OWNED_FLAGS[name]}; use that field instead of extraArgs")
+            raise SpecError(
+                where, f"--{name} is set by {OWNED_FLAGS[name]}; use that field instead of extraArgs"
+            )
         if name in SECRET_FLAGS:
             raise SpecError(where, f"--{name} takes a credential; do not put secrets in the spec")
         value: str | None

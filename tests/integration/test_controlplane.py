@@ -21,7 +21,11 @@ def gpu_deployment(name: str, gpus: int) -> dict[str, Any]:
                 "spec": {
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                     "containers": [
-                        {"name": "c", "image": "example.invalid/none", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}
+                        {
+                            "name": "c",
+                            "image": "example.invalid/none",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                        }
                     ],
                 },
             },
@@ -96,7 +100,9 @@ def test_crd_cel_rule_rejects_bad_object(cluster: Cluster, namespace: str) -> No
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
                     "type": "object",
                     "properties": {"low": {"type": "integer"}, "high": {"type": "integer"}},
-                    "x-kubernetes-validations": [{"rule": "self.low <= self.high", "message": "low must not exceed high"}],
+                    "x-kubernetes-validations": [
+                        {"rule": "self.low <= self.high", "message": "low must not exceed high"}
+                    ],
                 }}}},
             }],
         },

@@ -14,7 +14,6 @@ from kubernetes import config
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Reconciler
 from modeldeploy.settings import Settings
-
 from tests.conftest import REPO, Cluster, condition
 
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
@@ -43,7 +42,9 @@ def get_model(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
     return cluster.get("modeldeployment", name, ns)
 
 
-def wait_ready(cluster: Cluster, ns: str, name: str, status: str = "True", timeout: float = 90) -> dict[str, Any]:
+def wait_ready(
+    cluster: Cluster, ns: str, name: str, status: str = "True", timeout: float = 90
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = get_model(cluster, ns, name)
         c = condition(obj, "Ready")
@@ -68,7 +69,9 @@ def children(cluster: Cluster, ns: str, name: str) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_yields_owned_children(cluster: Cluster, namespace: str, operator: Any, path: Path) -> None:
     if "tokenSecretRef" in path.read_text():
-        cluster.kubectl("create", "secret", "generic", "hf-token", "-n", namespace, "--from-literal=token=placeholder")
+        cluster.kubectl(
+            "create", "secret", "generic", "hf-token", "-n", namespace, "--from-literal=token=placeholder"
+        )
     body = load(path)
     name = body["metadata"]["name"]
     cluster.apply(body, namespace)
@@ -103,8 +106,12 @@ def test_example_yields_owned_children(cluster: Cluster, namespace: str, operato
             assert node["metadata"]["labels"]["nvidia.com/gpu.product"] in allowed
 
 
-def test_spec_change_rolls_and_noop_reapply_writes_nothing(cluster: Cluster, namespace: str, operator: Any) -> None:
-    body = model("roll", resources={"gpus": 1, "gpuType": "nvidia-h100-80gb"}, engine={"maxTotalTokens": 4096})
+def test_spec_change_rolls_and_noop_reapply_writes_nothing(
+    cluster: Cluster, namespace: str, operator: Any
+) -> None:
+    body = model(
+        "roll", resources={"gpus": 1, "gpuType": "nvidia-h100-80gb"}, engine={"maxTotalTokens": 4096}
+    )
     cluster.apply(body, namespace)
     wait_ready(cluster, namespace, "roll")
     before = children(cluster, namespace, "roll")
@@ -132,7 +139,9 @@ def test_spec_change_rolls_and_noop_reapply_writes_nothing(cluster: Cluster, nam
         dep = cluster.get("deployment", "roll", namespace)
         assert dep is not None
         args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        return "2048" in args and dep["metadata"]["generation"] > before["deployment"]["metadata"]["generation"]
+        return (
+            "2048" in args and dep["metadata"]["generation"] > before["deployment"]["metadata"]["generation"]
+        )
 
     cluster.wait("deployment rolled", rolled)
     obj = wait_ready(cluster, namespace, "roll")
@@ -142,7 +151,10 @@ def test_spec_change_rolls_and_noop_reapply_writes_nothing(cluster: Cluster, nam
 
 INVALID = [
     ({"engine": {"dtype": "bfloat16", "quantize": "awq"}}, "dtype and quantize are exclusive"),
-    ({"engine": {"maxInputTokens": 4096, "maxTotalTokens": 4096}}, "maxInputTokens must be less than maxTotalTokens"),
+    (
+        {"engine": {"maxInputTokens": 4096, "maxTotalTokens": 4096}},
+        "maxInputTokens must be less than maxTotalTokens",
+    ),
     ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must be <= maxReplicas"),
     ({"resources": {"gpus": 9}}, "must be 'auto' or an integer from 1 to 8"),
     ({"resources": {"gpus": "many"}}, "must be 'auto' or an integer from 1 to 8"),

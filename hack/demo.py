@@ -1,0 +1,110 @@
+"""The local demo: a real control plane with simulated GPU nodes, the operator, the example
+models reconciled, and their status printed. Leaves everything running; `make down` stops it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from modeldeploy.localcluster import Binaries, LocalCluster, free_port, log, stop_state_dir, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "models"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--state", type=Path, default=REPO / ".modeldeploy" / "demo")
+    ap.add_argument("--timeout", type=float, default=180.0)
+    args = ap.parse_args()
+    state: Path = args.state.resolve()
+
+    pidfile = state / "operator.pid"
+    if pidfile.exists():
+        subprocess.run(["kill", pidfile.read_text().strip()], check=False, capture_output=True)
+        pidfile.unlink()
+    stop_state_dir(state)
+
+    started = time.monotonic()
+    log("step 1/5: starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK)")
+    cluster = LocalCluster(state=state, bins=Binaries.locate())
+    cluster.start()
+    kubectl = cluster.kubectl
+
+    log("step 2/5: installing the ModelDeployment CRD")
+    kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "modeldeploy.dev_modeldeployments.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.dev", "--timeout=60s")
+
+    log("step 3/5: starting the operator (modeldeploy run)")
+    port = free_port()
+    with (state / "logs" / "operator.log").open("ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modeldeploy.cli", "run", f"--liveness=http://127.0.0.1:{port}/healthz"],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=cluster.env(),
+            start_new_session=True,
+        )
+    pidfile.write_text(str(proc.pid))
+
+    def operator_live() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited; see {state / 'logs' / 'operator.log'}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    wait_for("operator liveness", operator_live, timeout=60)
+
+    log(f"step 4/5: applying the example models in namespace {NAMESPACE}")
+    kubectl("create", "namespace", NAMESPACE)
+    # The gated Llama example reads its token from this Secret (a placeholder here).
+    kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE, "--from-literal=token=placeholder")
+    examples = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+    for path in examples:
+        kubectl("apply", "-n", NAMESPACE, "-f", str(path))
+        log(f"  applied {path.name}")
+
+    log("step 5/5: waiting until every model is Ready or says why not")
+    deadline = time.monotonic() + args.timeout
+    last = ""
+    waiting: dict[str, str] = {}
+    while True:
+        items = json.loads(kubectl("get", "mdep", "-n", NAMESPACE, "-o", "json"))["items"]
+        ready, waiting = [], {}
+        for m in items:
+            conds = {c["type"]: c for c in m.get("status", {}).get("conditions", [])}
+            r = conds.get("Ready", {})
+            if r.get("status") == "True":
+                ready.append(m["metadata"]["name"])
+            elif r.get("reason") not in (None, "Progressing"):
+                # Settled on a reason (e.g. Unschedulable: no free GPU of its type).
+                waiting[m["metadata"]["name"]] = f"{r['reason']}: {r.get('message', '')}"
+        line = f"  {len(ready)}/{len(items)} models Ready, {len(waiting)} reporting why not"
+        if line != last:
+            log(line)
+            last = line
+        if len(ready) + len(waiting) == len(items) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+
+    print()
+    print(kubectl("get", "mdep", "-n", NAMESPACE))
+    print(kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide"))
+    print(kubectl("get", "nodes", "-L", "nvidia.com/gpu.product"))
+    for name, why in waiting.items():
+        print(f"{name} is not Ready, and says why: {why}\n")
+    print(f"Demo up in {time.monotonic() - started:.0f}s. Use the cluster with:")
+    print(f"  export KUBECONFIG={cluster.kubeconfig_path}")
+    print(f"  {cluster.bins.kubectl} describe mdep -n {NAMESPACE}")
+    print(f"Operator log: {state / 'logs' / 'operator.log'}")
+    print("Stop everything with: make down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
