@@ -280,7 +280,9 @@ class CacheStatus(Model):
 
 class ModelDeploymentStatus(Model):
     observed_generation: int | None = None
-    model: Annotated[str, Field(description="Hugging Face repo id being served (resolved from a preset).")] = ""
+    model: Annotated[
+        str, Field(description="Hugging Face repo id being served (resolved from a preset).")
+    ] = ""
     conditions: list[Condition] = []
     replicas: int = 0
     ready_replicas: int = 0

@@ -30,6 +30,7 @@ Exit codes, so the operator can name the cause without reading logs:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fnmatch
 import json
@@ -113,12 +114,21 @@ def _status_code(exc: BaseException) -> int | None:
 
 def classify(exc: BaseException, model_id: str, revision: str, has_token: bool) -> PrefetchError:
     """Map an exception from huggingface_hub (or the OS) to an exit code and a message."""
-    from huggingface_hub.utils import (  # noqa: PLC0415 - not a dependency of the operator
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    # Imported here, not at the top: the operator imports this module without huggingface_hub.
+    try:
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:  # huggingface_hub before 0.24, in older TGI images
+        from huggingface_hub.utils import (  # type: ignore[attr-defined]
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
     chain = list(_chain(exc))
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -147,10 +157,9 @@ def _tree_bytes(path: str) -> int:
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
-            try:
+            # A file renamed or removed while walking is counted on the next pass.
+            with contextlib.suppress(OSError):
                 total += os.stat(os.path.join(root, f)).st_size
-            except OSError:
-                pass  # renamed or removed while walking: counted on the next pass
     return total
 
 
@@ -224,7 +233,7 @@ def _terminate(path: str, summary: Mapping[str, Any]) -> None:
 
 def fetch(model_id: str, revision: str, cache_key: str, progress_seconds: float) -> dict[str, Any]:
     """Download the revision into the hub cache; the summary dict on success, PrefetchError else."""
-    from huggingface_hub import (  # noqa: PLC0415 - not a dependency of the operator
+    from huggingface_hub import (
         HfApi,
         constants,
         hf_hub_download,
@@ -299,7 +308,9 @@ def fetch(model_id: str, revision: str, cache_key: str, progress_seconds: float)
     size = sum(os.path.getsize(os.path.join(folder, n)) for n in fetched)
     if len(fetched) != len(names):
         missing = sorted(set(names) - set(fetched))
-        raise PrefetchError(EXIT_OTHER, "Incomplete", f"files missing after download: {', '.join(missing[:5])}")
+        raise PrefetchError(
+            EXIT_OTHER, "Incomplete", f"files missing after download: {', '.join(missing[:5])}"
+        )
     marker = {
         "modelId": model_id,
         "revision": revision,
@@ -311,7 +322,10 @@ def fetch(model_id: str, revision: str, cache_key: str, progress_seconds: float)
     }
     _write_atomic(os.path.join(hf_home, MARKER_DIR, f"{cache_key}.json"), json.dumps(marker, indent=2) + "\n")
     secs = time.monotonic() - started
-    print(f"done: {model_id}@{revision} = {commit}, {len(fetched)} files, {_gib(size)} in {secs:.0f} s", flush=True)
+    print(
+        f"done: {model_id}@{revision} = {commit}, {len(fetched)} files, {_gib(size)} in {secs:.0f} s",
+        flush=True,
+    )
     return {"commit": commit, "bytes": size, "files": len(fetched), "format": fmt}
 
 
@@ -331,9 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = fetch(args.model_id, args.revision, args.cache_key, args.progress_seconds)
     except Exception as exc:
         err = (
-            exc
-            if isinstance(exc, PrefetchError)
-            else classify(exc, args.model_id, args.revision, has_token)
+            exc if isinstance(exc, PrefetchError) else classify(exc, args.model_id, args.revision, has_token)
         )
         print(f"error [{err.error}] exit {err.code}: {err.message}", file=sys.stderr, flush=True)
         cause = exc.__cause__ if isinstance(exc, PrefetchError) else exc

@@ -60,9 +60,8 @@ class RepoFile:
 
     @property
     def pointer(self) -> bytes:
-        return (
-            f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {self.size}\n".encode()
-        )
+        spec = "https://git-lfs.github.com/spec/v1"
+        return f"version {spec}\noid sha256:{self.sha256}\nsize {self.size}\n".encode()
 
 
 @dataclass
@@ -147,7 +146,9 @@ def tiny_model_files(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: in
         RepoFile("config.json", js(config)),
         RepoFile("generation_config.json", js({"bos_token_id": 1, "eos_token_id": 2, "do_sample": False})),
         RepoFile("tokenizer.json", js(tokenizer)),
-        RepoFile("tokenizer_config.json", js({"bos_token": "<s>", "eos_token": "</s>", "model_max_length": 512})),
+        RepoFile(
+            "tokenizer_config.json", js({"bos_token": "<s>", "eos_token": "</s>", "model_max_length": 512})
+        ),
         RepoFile("model.safetensors", safetensors_bytes(tensors, seed), lfs=True),
         # Not read by TGI: a prefetch must leave these out.
         RepoFile("original/consolidated.pth", random.Random(seed + 1).randbytes(4096), lfs=True),
@@ -163,7 +164,12 @@ def commit_sha(repo_id: str, files: Iterable[RepoFile]) -> str:
 
 
 def make_repo(
-    repo_id: str, files: list[RepoFile], *, gated: bool = False, granted: Iterable[str] = (), tags: Iterable[str] = ()
+    repo_id: str,
+    files: list[RepoFile],
+    *,
+    gated: bool = False,
+    granted: Iterable[str] = (),
+    tags: Iterable[str] = (),
 ) -> Repo:
     sha = commit_sha(repo_id, files)
     refs = {"main": sha} | {t: sha for t in tags}
@@ -178,7 +184,7 @@ def default_repos() -> list[Repo]:
     ]
 
 
-class _Refusal(Exception):
+class _RefusalError(Exception):
     def __init__(self, status: int, code: str, message: str, commit: str | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -188,7 +194,9 @@ class _Refusal(Exception):
 
 
 _REPO_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?"
-_API = re.compile(rf"^/api/models/(?P<repo>{_REPO_ID})(?:/(?P<kind>revision|tree)/(?P<rev>[^/]+)(?P<path>/.*)?)?$")
+_API = re.compile(
+    rf"^/api/models/(?P<repo>{_REPO_ID})(?:/(?P<kind>revision|tree)/(?P<rev>[^/]+)(?P<path>/.*)?)?$"
+)
 _RESOLVE = re.compile(rf"^/(?P<repo>{_REPO_ID})/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
@@ -198,14 +206,18 @@ class HubStandIn:
     `requests` records (method, path, Authorization header) of every request, for assertions.
     """
 
-    def __init__(self, repos: Iterable[Repo] | None = None, tokens: Iterable[str] = (GRANTED_TOKEN, OTHER_TOKEN)):
+    def __init__(
+        self, repos: Iterable[Repo] | None = None, tokens: Iterable[str] = (GRANTED_TOKEN, OTHER_TOKEN)
+    ):
         self.repos = {r.id: r for r in (default_repos() if repos is None else repos)}
         self.tokens = frozenset(tokens)
         self.requests: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -216,7 +228,9 @@ class HubStandIn:
         self._thread.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -228,31 +242,31 @@ class HubStandIn:
             self.requests.append((method, path, auth))
 
     def _token(self, auth: str) -> str | None:
-        """The bearer token, None when absent; _Refusal for a token the server does not know."""
+        """The bearer token, None when absent; _RefusalError for a token the server does not know."""
         if not auth:
             return None
         token = auth.removeprefix("Bearer ").strip()
         if token not in self.tokens:
-            raise _Refusal(401, "", INVALID_CREDENTIALS)
+            raise _RefusalError(401, "", INVALID_CREDENTIALS)
         return token
 
     def _repo(self, repo_id: str, token: str | None) -> Repo:
         repo = self.repos.get(repo_id)
         if repo is None:
             # The Hub answers 401 to anonymous callers so private repos do not leak their existence.
-            raise _Refusal(404 if token else 401, "RepoNotFound", "Repository not found")
+            raise _RefusalError(404 if token else 401, "RepoNotFound", "Repository not found")
         return repo
 
     def _commit(self, repo: Repo, revision: str) -> str:
         commit = repo.resolve(unquote(revision))
         if commit is None:
-            raise _Refusal(404, "RevisionNotFound", "Invalid rev id: " + unquote(revision))
+            raise _RefusalError(404, "RevisionNotFound", "Invalid rev id: " + unquote(revision))
         return commit
 
     def api(self, path: str, query: dict[str, list[str]], auth: str) -> Any:
         m = _API.match(path)
         if m is None:
-            raise _Refusal(404, "", "Not found")
+            raise _RefusalError(404, "", "Not found")
         token = self._token(auth)
         repo = self._repo(m["repo"], token)
         commit = self._commit(repo, m["rev"] or "main")
@@ -311,18 +325,22 @@ class HubStandIn:
     def resolve(self, path: str, auth: str) -> tuple[RepoFile, str]:
         m = _RESOLVE.match(path)
         if m is None:
-            raise _Refusal(404, "", "Not found")
+            raise _RefusalError(404, "", "Not found")
         token = self._token(auth)
         repo = self._repo(m["repo"], token)
         if repo.gated and token not in repo.granted:
             if token is None:
-                msg = f"Access to model {repo.id} is restricted. You must have access to it and be authenticated."
-                raise _Refusal(401, "GatedRepo", msg)
-            raise _Refusal(403, "GatedRepo", f"Access to model {repo.id} is restricted and you are not in the authorized list.")
+                msg = f"Access to model {repo.id} is restricted. You must be authenticated to access it."
+                raise _RefusalError(401, "GatedRepo", msg)
+            raise _RefusalError(
+                403,
+                "GatedRepo",
+                f"Access to model {repo.id} is restricted and you are not in the authorized list.",
+            )
         commit = self._commit(repo, m["rev"])
         f = repo.files.get(unquote(m["path"]))
         if f is None:
-            raise _Refusal(404, "EntryNotFound", "Entry not found", commit=commit)
+            raise _RefusalError(404, "EntryNotFound", "Entry not found", commit=commit)
         return f, commit
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -344,7 +362,7 @@ class HubStandIn:
                 if not head:
                     self.wfile.write(body)
 
-            def _refuse(self, r: _Refusal, head: bool) -> None:
+            def _refuse(self, r: _RefusalError, head: bool) -> None:
                 headers = {"Content-Type": "application/json", "X-Error-Message": r.message}
                 if r.code:
                     headers["X-Error-Code"] = r.code
@@ -362,7 +380,7 @@ class HubStandIn:
                         self._send(200, body, {"Content-Type": "application/json"}, head)
                         return
                     f, commit = hub.resolve(url.path, auth)
-                except _Refusal as r:
+                except _RefusalError as r:
                     self._refuse(r, head)
                     return
                 headers = {
@@ -394,8 +412,8 @@ class HubStandIn:
 
 def main() -> None:
     """Run the stand-in in the foreground, printing its URL (for trying TGI or the CLI by hand)."""
-    import argparse  # noqa: PLC0415
-    import time  # noqa: PLC0415
+    import argparse
+    import time
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=600.0, help="Stop after this long.")
