@@ -3,6 +3,7 @@ rendered TGI Deployment must follow."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,13 @@ def test_typed_fields_map_to_one_flag_each() -> None:
         resources={"gpus": 2},
     )  # fmt: skip
     args = container(deployment(s))["args"]
-    pairs = dict(zip(args[::1], args[1::1], strict=False))
-    for flag, value in {"--quantize": "bitsandbytes-nf4", "--kv-cache-dtype": "fp8", "--max-input-tokens": "100",
-                        "--max-total-tokens": "200", "--max-batch-prefill-tokens": "300",
-                        "--max-concurrent-requests": "7", "--num-shard": "2",
-                        "--model-id": "example-org/some-model", "--port": "80"}.items():  # fmt: skip
+    pairs = dict(itertools.pairwise(args))
+    expected = {
+        "--quantize": "bitsandbytes-nf4", "--kv-cache-dtype": "fp8", "--max-input-tokens": "100",
+        "--max-total-tokens": "200", "--max-batch-prefill-tokens": "300", "--max-concurrent-requests": "7",
+        "--num-shard": "2", "--model-id": "example-org/some-model", "--port": "80",
+    }  # fmt: skip
+    for flag, value in expected.items():
         assert args.count(flag) == 1, flag
         assert pairs[flag] == value, flag
     assert "--dtype" not in args
@@ -124,8 +127,8 @@ def test_extra_args_refused(extra: list[str], needle: str) -> None:
 
 
 def test_extra_args_accepted_and_appended() -> None:
-    args = container(deployment(spec(engine={"extraArgs": ["--cuda-graphs", "1,2,4", "--disable-custom-kernels"]},
-                                     resources={"gpus": 1})))["args"]  # fmt: skip
+    extra = ["--cuda-graphs", "1,2,4", "--disable-custom-kernels"]
+    args = container(deployment(spec(engine={"extraArgs": extra}, resources={"gpus": 1})))["args"]
     assert args[-2:] == ["--cuda-graphs=1,2,4", "--disable-custom-kernels"]
 
 
