@@ -148,9 +148,23 @@ PY
   log "kubectl+helm: $("$out/kubectl" version --client 2>/dev/null | head -1); helm $("$out/helm" version --short)"
 }
 
+fetch_keda_crd() {
+  local out="$cache/bin/keda-v$KEDA_VERSION" info dir
+  if [[ -f "$out/keda.sh_scaledobjects.yaml" ]]; then log "keda CRD v$KEDA_VERSION: cached in $out"; return; fi
+  log "keda CRD v$KEDA_VERSION: fetching the github.com/kedacore/keda/v2 module"
+  mkdir -p "$out"
+  info="$(cd "$out" && go mod download -json "github.com/kedacore/keda/v2@v$KEDA_VERSION")"
+  if grep -q '"Error"' <<<"$info"; then log "cannot fetch keda: $info"; exit 1; fi
+  dir="$(sed -n 's/.*"Dir": "\(.*\)".*/\1/p' <<<"$info")"
+  cp "$dir/config/crd/bases/keda.sh_scaledobjects.yaml" "$out/"
+  chmod u+w "$out/keda.sh_scaledobjects.yaml"
+  log "keda CRD v$KEDA_VERSION: done"
+}
+
 started=$SECONDS
 case "${1:-all}" in
-  all) fetch_tools; build_etcd; build_kwok; build_k8s ;;
+  all) fetch_tools; fetch_keda_crd; build_etcd; build_kwok; build_k8s ;;
+  keda) fetch_keda_crd ;;
   tools) fetch_tools ;;
   etcd) build_etcd ;;
   kwok) build_kwok ;;

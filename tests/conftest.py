@@ -122,7 +122,7 @@ def operator_proc(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
     """`modeldeploy run` against the test cluster, with a fast resync."""
     port = free_port()
     log_path = cluster.lc.state / "logs" / "operator.log"
-    env = {**cluster.lc.env(), "MODELDEPLOY_RESYNC_SECONDS": "5"}
+    env = {**cluster.lc.env(), "MODELDEPLOY_RESYNC_SECONDS": "5", "MODELDEPLOY_DISCOVERY_RETRY_SECONDS": "1"}
     with log_path.open("ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "modeldeploy.cli", "run", f"--liveness=http://127.0.0.1:{port}/healthz"],

@@ -191,14 +191,33 @@ class AutoscalingMetric(StrEnum):
     cpu = "cpu"
 
 
+class AutoscalingEngine(StrEnum):
+    hpa = "hpa"
+    keda = "keda"
+
+
 class Autoscaling(Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             ("self.minReplicas <= self.maxReplicas", "spec.autoscaling: minReplicas must be <= maxReplicas"),
+            (
+                "self.minReplicas >= 1 || self.engine == 'keda'",
+                "spec.autoscaling.minReplicas: 0 (scale to zero) needs engine keda",
+            ),
+            (
+                "self.engine != 'keda' || self.metric == 'queue-size'",
+                "spec.autoscaling.metric: engine keda scales on queue-size",
+            ),
         )
     )
 
     enabled: bool = False
+    engine: Annotated[
+        AutoscalingEngine,
+        Field(
+            description="hpa: a HorizontalPodAutoscaler; keda: a KEDA ScaledObject (allows scale to zero)."
+        ),
+    ] = AutoscalingEngine.hpa
     min_replicas: Annotated[int, Field(ge=0)] = 1
     max_replicas: Annotated[int, Field(ge=1)] = 4
     metric: AutoscalingMetric = AutoscalingMetric.queue_size

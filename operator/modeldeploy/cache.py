@@ -548,6 +548,9 @@ def cache_status(
             msg += f" (commit {commit[:12]}"
             size = summary.get("bytes")
             msg += f", {size / GIB:.1f} GiB)" if isinstance(size, int) else ")"
+        if summary.get("format") == "bin":
+            # TGI converts .bin weights to safetensors at start-up and writes them into the cache.
+            msg += "; the weights are .bin only, which TGI converts at start-up into the volume"
         return _verdict(claim, "Ready", Reason.ready, msg, revision=commit)
     if _job_condition(job, "Failed", "FailureTarget") is not None:
         return _failed_verdict(claim, pvc, job, pods, model, rev)

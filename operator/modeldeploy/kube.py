@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import time
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -18,6 +20,7 @@ from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from modeldeploy import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 
 Obj = dict[str, Any]
+DISCOVERY_RETRY_SECONDS = float(os.environ.get("MODELDEPLOY_DISCOVERY_RETRY_SECONDS", "30"))
 
 
 def load_config() -> client.ApiClient:
@@ -38,6 +41,7 @@ class Kube:
         self.dyn = DynamicClient(self.api)  # type: ignore[no-untyped-call]
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self._missing: dict[tuple[str, str], float] = {}
 
     def _resource(self, api_version: str, kind: str) -> Any:
         return self.dyn.resources.get(api_version=api_version, kind=kind)
@@ -46,24 +50,29 @@ class Kube:
         try:
             self._resource(api_version, kind)
         except ResourceNotFoundError:
-            # Discovery is cached; a CRD installed after start shows up after a refresh.
+            # Discovery is cached; a CRD installed after start shows up after a refresh, which
+            # is rate-limited because a refresh walks every API group.
+            key = (api_version, kind)
+            if time.monotonic() - self._missing.get(key, -1e9) < DISCOVERY_RETRY_SECONDS:
+                return False
             self.dyn.resources.invalidate_cache()
             try:
                 self._resource(api_version, kind)
             except ResourceNotFoundError:
+                self._missing[key] = time.monotonic()
                 return False
         return True
 
     # -- generic objects ----------------------------------------------------------------------
 
-    def apply(self, obj: Obj) -> Obj:
+    def apply(self, obj: Obj, field_manager: str = FIELD_MANAGER) -> Obj:
         """Server-side apply with our one field manager, forcing conflicts on objects we own."""
         res = self._resource(obj["apiVersion"], obj["kind"])
         out = res.server_side_apply(
             body=obj,
             name=obj["metadata"]["name"],
             namespace=obj["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER,
+            field_manager=field_manager,
             force_conflicts=True,
         )
         return dict(out.to_dict())

@@ -68,6 +68,7 @@ class Binaries:
     kwok_stages: Path
     kubectl: Path
     helm: Path
+    keda_crd: Path
 
     @classmethod
     def locate(cls) -> Binaries:
@@ -85,6 +86,7 @@ class Binaries:
             kwok_stages=kwok / "stage",
             kubectl=tools / "kubectl",
             helm=tools / "helm",
+            keda_crd=b / f"keda-v{v['KEDA_VERSION']}" / "keda.sh_scaledobjects.yaml",
         )
         missing = [str(p) for p in bins.__dict__.values() if not Path(p).exists()]
         if missing:

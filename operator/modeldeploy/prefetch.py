@@ -163,6 +163,12 @@ def _tree_bytes(path: str) -> int:
     return total
 
 
+def _incomplete_bytes(blobs: str) -> int:
+    if not os.path.isdir(blobs):
+        return 0
+    return sum(e.stat().st_size for e in os.scandir(blobs) if e.name.endswith(".incomplete") and e.is_file())
+
+
 def _existing_dir(path: str) -> str:
     while not os.path.isdir(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -242,7 +248,12 @@ def fetch(model_id: str, revision: str, cache_key: str, progress_seconds: float)
 
     # Read at call time, not at huggingface_hub's import, so the paths follow this process's env.
     hf_home = os.path.expanduser(os.environ.get("HF_HOME") or constants.HF_HOME)
-    hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub")
+    # The same precedence huggingface_hub (and so TGI) uses; older TGI images set the legacy name.
+    hub_cache = (
+        os.environ.get("HF_HUB_CACHE")
+        or os.environ.get("HUGGINGFACE_HUB_CACHE")
+        or os.path.join(hf_home, "hub")
+    )
     endpoint = os.environ.get("HF_ENDPOINT") or None
     token = os.environ.get("HF_TOKEN") or None
     api = HfApi(endpoint=endpoint, token=token)
@@ -269,7 +280,8 @@ def fetch(model_id: str, revision: str, cache_key: str, progress_seconds: float)
     snapshot = os.path.join(repo_dir, "snapshots", info.sha or "")
     have = sum(sizes[n] for n in names if info.sha and os.path.isfile(os.path.join(snapshot, n)))
     blobs = os.path.join(repo_dir, "blobs")
-    partial = _tree_bytes(blobs) if os.path.isdir(blobs) else 0
+    # Bytes of interrupted downloads (an earlier attempt) that huggingface_hub resumes.
+    partial = _incomplete_bytes(blobs)
     os.makedirs(blobs, exist_ok=True)
     free = shutil.disk_usage(_existing_dir(hub_cache)).free
     need = total - have

@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modeldeploy import GROUP, KIND, VERSION, render, status
+from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, render, status
 from modeldeploy.api import ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy.errors import SpecError
 from modeldeploy.kube import Kube, now_rfc3339
-from modeldeploy.resolve import ClusterFacts, resolve
+from modeldeploy.resolve import ClusterFacts, resolve, rollout_blocked
 from modeldeploy.settings import Settings
 
 log = logging.getLogger("modeldeploy.reconcile")
@@ -30,7 +30,10 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "Service"),
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 )
+
+HANDOVER_MANAGER = f"{FIELD_MANAGER}-autoscaling-handover"
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
@@ -87,6 +90,8 @@ class Reconciler:
         error: SpecError | None = None
         desired: list[Obj] | None = None
         plan = None
+        facts: ClusterFacts | None = None
+        resolved: render.Resolved | None = None
         model_id = ""
         desired_replicas = 0
         try:
@@ -104,6 +109,8 @@ class Reconciler:
 
         if desired is not None and apply:
             # Nothing is applied for a refused spec: the last good children keep serving.
+            if "replicas" not in desired[0]["spec"]:
+                self._hand_over_replicas(namespace, name)
             for obj in desired:
                 self.kube.apply(obj)
             self._prune(namespace, name, uid, desired)
@@ -112,10 +119,19 @@ class Reconciler:
         if dep is not None and not _controlled_by(dep, uid):
             dep = None
         pods = self.kube.list("v1", "Pod", namespace, render.selector_string(name)) if dep else []
+        blocked = None
+        if facts is not None and resolved is not None:
+            why = rollout_blocked(dep, pods, facts, resolved.gpus, resolved.gpu_products)
+            blocked = status.Blocked(*why) if why else None
         if error is not None:
             desired_replicas = int((dep or {}).get("spec", {}).get("replicas") or 0)
         observed = status.Observed(
-            desired_replicas=desired_replicas, deployment=dep, pods=pods, plan=plan, model_id=model_id
+            desired_replicas=desired_replicas,
+            deployment=dep,
+            pods=pods,
+            plan=plan,
+            model_id=model_id,
+            blocked=blocked,
         )
         new = status.compute(
             name=name,
@@ -135,6 +151,34 @@ class Reconciler:
         for t in status.transitions(prior, new):
             self._event(body, t)
 
+    def _hand_over_replicas(self, namespace: str, name: str) -> None:
+        """Autoscaling on: stop owning the Deployment's replicas without resetting them.
+
+        Dropping a field from an apply configuration deletes it when no other manager owns it
+        (so replicas would fall back to 1). Another manager takes the current value first, as the
+        server-side apply docs describe; the autoscaler then owns it through the scale subresource.
+        """
+        dep = self.kube.get("apps/v1", "Deployment", namespace, name)
+        if dep is None:
+            return
+        ours = any(
+            m.get("manager") == FIELD_MANAGER
+            and m.get("operation") == "Apply"
+            and "f:replicas" in ((m.get("fieldsV1") or {}).get("f:spec") or {})
+            for m in dep["metadata"].get("managedFields") or []
+        )
+        if not ours:
+            return
+        self.kube.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"replicas": dep["spec"].get("replicas", 1)},
+            },
+            field_manager=HANDOVER_MANAGER,
+        )
+
     def _desired_replicas(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> int:
         if not spec.autoscaling.enabled:
             return spec.replicas
@@ -144,6 +188,8 @@ class Reconciler:
     def _prune(self, namespace: str, name: str, uid: str, desired: list[Obj]) -> None:
         keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
         for api_version, kind in CHILD_KINDS:
+            if not self.kube.has_kind(api_version, kind):
+                continue
             for obj in self.kube.list(api_version, kind, namespace, f"{render.NAME_LABEL}={name}"):
                 obj_name = obj["metadata"]["name"]
                 if (kind, obj_name) in keep or not _controlled_by(obj, uid):

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, tgi
-from modeldeploy.api import ModelDeploymentSpec
+from modeldeploy.api import AutoscalingEngine, AutoscalingMetric, ModelDeploymentSpec
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -54,6 +54,7 @@ class Resolved:
     template_hash: str = ""
     max_total_tokens: int | None = None
     max_input_tokens: int | None = None
+    prometheus_url: str = ""
 
 
 def labels(name: str) -> dict[str, str]:
@@ -252,11 +253,75 @@ def pod_disruption_budget(name: str, namespace: str, owner: Owner | None) -> Obj
     }
 
 
+# TGI's Prometheus metric for requests waiting in its queue (served on the main port at /metrics).
+QUEUE_METRIC = "tgi_queue_size"
+
+
+def hpa(name: str, namespace: str, spec: ModelDeploymentSpec, owner: Owner | None) -> Obj:
+    a = spec.autoscaling
+    if a.metric == AutoscalingMetric.cpu:
+        metric: Obj = {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target}},
+        }
+    else:
+        # A Pods metric through the custom metrics API (e.g. Prometheus Adapter, see manifests/).
+        metric = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": QUEUE_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(a.target)},
+            },
+        }
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(name, namespace, owner),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": max(1, a.min_replicas),
+            "maxReplicas": a.max_replicas,
+            "metrics": [metric],
+            # A GPU pod takes minutes to load weights: scale down slowly, never flap.
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
+
+
+def scaled_object(
+    name: str, namespace: str, spec: ModelDeploymentSpec, prometheus_url: str, owner: Owner | None
+) -> Obj:
+    a = spec.autoscaling
+    query = f'sum(tgi_queue_size{{namespace="{namespace}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+"}})'
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": _meta(name, namespace, owner),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicaCount": a.min_replicas,
+            "maxReplicaCount": a.max_replicas,
+            "cooldownPeriod": 300,
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "metadata": {"serverAddress": prometheus_url, "query": query, "threshold": str(a.target)},
+                }
+            ],
+        },
+    }
+
+
 def render(
     name: str, namespace: str, spec: ModelDeploymentSpec, res: Resolved, owner: Owner | None
 ) -> list[Obj]:
     """Every desired child, in apply order."""
     children = [deployment(name, namespace, spec, res, owner), service(name, namespace, owner)]
+    if spec.autoscaling.enabled:
+        if spec.autoscaling.engine == AutoscalingEngine.keda:
+            children.append(scaled_object(name, namespace, spec, res.prometheus_url, owner))
+        else:
+            children.append(hpa(name, namespace, spec, owner))
     most = spec.autoscaling.max_replicas if spec.autoscaling.enabled else spec.replicas
     if most > 1:
         children.append(pod_disruption_budget(name, namespace, owner))

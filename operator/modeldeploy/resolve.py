@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from modeldeploy import catalog, planner, render
-from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec, PlanStatus, Quantize
+from modeldeploy.api import AutoscalingEngine, ModelArchitecture, ModelDeploymentSpec, PlanStatus, Quantize
 from modeldeploy.catalog import GpuType
 from modeldeploy.errors import DoesNotFitError, SpecError
 from modeldeploy.settings import Settings
@@ -51,6 +51,8 @@ class ClusterFacts:
     nodes: tuple[NodeGpus, ...] = ()
     existing_template_hash: str = ""
     existing_strategy: tuple[int, int] | None = None  # (maxSurge, maxUnavailable)
+    # Offline (render), KEDA is assumed present so the ScaledObject can be previewed.
+    keda: bool = True
 
     @classmethod
     def gather(cls, kube: Kube, namespace: str, name: str) -> ClusterFacts:
@@ -76,7 +78,8 @@ class ClusterFacts:
             product = (n["metadata"].get("labels") or {}).get(render.GPU_PRODUCT_LABEL, "")
             name_ = n["metadata"]["name"]
             nodes.append(NodeGpus(name_, product, alloc, used.get(name_, 0)))
-        return cls(tuple(sorted(nodes, key=lambda x: x.name)), existing_hash, existing_strategy)
+        keda = kube.has_kind("keda.sh/v1alpha1", "ScaledObject")
+        return cls(tuple(sorted(nodes, key=lambda x: x.name)), existing_hash, existing_strategy, keda)
 
 
 def template_hash(dep: Obj) -> str:
@@ -230,7 +233,14 @@ def resolve(
         startup_timeout_seconds=engine.startup_timeout_seconds or settings.startup_timeout_seconds,
         max_total_tokens=max_total,
         max_input_tokens=max_input,
+        prometheus_url=settings.prometheus_url,
     )
+    if spec.autoscaling.enabled and spec.autoscaling.engine == AutoscalingEngine.keda and not facts.keda:
+        raise SpecError(
+            "spec.autoscaling.engine",
+            "keda needs KEDA's ScaledObject CRD (keda.sh/v1alpha1), which this cluster does not have: "
+            "install KEDA or use engine hpa",
+        )
     return with_strategy(spec, res, facts), status
 
 
@@ -243,3 +253,42 @@ def with_strategy(spec: ModelDeploymentSpec, res: render.Resolved, facts: Cluste
     else:
         surge, unavailable = strategy(spec, res.gpus, res.gpu_products, facts)
     return replace(res, max_surge=surge, max_unavailable=unavailable, template_hash=new_hash)
+
+
+def rollout_blocked(
+    dep: Obj | None, pods: list[Obj], facts: ClusterFacts, gpus: int, products: tuple[str, ...]
+) -> tuple[str, str] | None:
+    """(reason, message) when a rollout waits for GPUs: new pods unschedulable mid-rollout."""
+    if dep is None or gpus <= 0:
+        return None
+    st = dep.get("status") or {}
+    desired = (dep.get("spec") or {}).get("replicas", 1)
+    # Unfinished while new pods are not all available or old ones remain (updatedReplicas
+    # counts new pods even when they are still Pending).
+    done = (
+        st.get("updatedReplicas", 0) >= desired
+        and st.get("availableReplicas", 0) >= desired
+        and st.get("replicas", 0) == desired
+    )
+    if done:
+        return None
+    pending = [
+        p
+        for p in pods
+        if not (p.get("spec") or {}).get("nodeName")
+        and any(
+            c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+            for c in (p.get("status") or {}).get("conditions") or []
+        )
+    ]
+    if not pending:
+        return None
+    nodes = [n for n in facts.nodes if not products or n.product in products]
+    free = sum(n.free for n in nodes)
+    alloc = sum(n.allocatable for n in nodes)
+    kind = f" of product {'/'.join(products)}" if products else ""
+    return (
+        "RolloutBlocked",
+        f"rollout waits for GPUs: {len(pending)} new pod(s) need {gpus} nvidia.com/gpu each{kind}; "
+        f"{free} free of {alloc} allocatable on {len(nodes)} matching node(s), no node has {gpus} free",
+    )

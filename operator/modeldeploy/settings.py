@@ -23,6 +23,8 @@ class Settings(BaseModel):
     # Hugging Face endpoint the prefetch Job and config reads use (HF_ENDPOINT).
     hf_endpoint: str = ""
     resync_seconds: float = Field(default=60.0, gt=0)
+    # Prometheus that scrapes TGI's /metrics, for KEDA's prometheus trigger.
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -36,6 +38,8 @@ class Settings(BaseModel):
             values["extra_gpu_types"] = yaml.safe_load(Path(v).read_text()) or {}
         if v := env.get("MODELDEPLOY_HF_ENDPOINT"):
             values["hf_endpoint"] = v
+        if v := env.get("MODELDEPLOY_PROMETHEUS_URL"):
+            values["prometheus_url"] = v
         if v := env.get("MODELDEPLOY_RESYNC_SECONDS"):
             values["resync_seconds"] = float(v)
         return cls(**values)
