@@ -24,7 +24,10 @@ RUN groupadd --system --gid 65532 modeldeploy \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels /wheels/modeldeploy-*.whl
 USER 65532:65532
-# kopf's liveness endpoint (/healthz).
+# kopf's liveness endpoint (/healthz). Kubernetes probes it itself (see the chart); this is
+# for `docker run`.
 EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 ENTRYPOINT ["modeldeploy"]
 CMD ["run"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from modeldeploy import GROUP, PLURAL, VERSION, render
+from modeldeploy import GROUP, PLURAL, VERSION, cache, render
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Reconciler, owner_of
 from modeldeploy.settings import Settings
@@ -57,9 +57,14 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     def resync() -> None:
         while not _stop.wait(rec.settings.resync_seconds):
             try:
-                for body in rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", _state.get("namespace")):
+                scope = _state.get("namespace")
+                for body in rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", scope):
                     meta = body["metadata"]
                     rec.reconcile(meta["namespace"], meta["name"])
+                # Also catches models deleted while the operator was down (no finalizer).
+                pvcs = rec.kube.list("v1", "PersistentVolumeClaim", scope, cache.CACHE_KEY_LABEL)
+                for ns in sorted({p["metadata"]["namespace"] for p in pvcs}):
+                    rec.caches.collect_garbage(ns)
             except Exception:
                 log.exception("periodic resync failed; will retry")
 
@@ -100,3 +105,23 @@ def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
     name = labels.get(render.NAME_LABEL)
     if name and namespace:
         reconciler().reconcile(namespace, name, apply=False)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_model_event(type: str, namespace: str | None, **_: Any) -> None:
+    # A deleted model may leave a cache nobody uses; deletion needs no finalizer for this.
+    if type == "DELETED" and namespace:
+        reconciler().caches.collect_garbage(namespace)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})
+@kopf.on.event("v1", "persistentvolumeclaims", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})
+def on_cache(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+    # Download progress or a bound volume: refresh every model sharing this cache.
+    if not namespace:
+        return
+    rec = reconciler()
+    key = labels.get(cache.CACHE_KEY_LABEL, "")
+    models = rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
+    for name in cache.users(models, key):
+        rec.reconcile(namespace, name)

@@ -410,7 +410,10 @@ class LocalCluster:
         ]
         extra = REPO_ROOT / "hack" / "kwok-stages"
         if extra.is_dir():
-            stages += sorted(extra.glob("*.yaml"))
+            # The project's own stages replace KWOK's stages of the same file name.
+            ours = sorted(extra.glob("*.yaml"))
+            names = {p.name for p in ours}
+            stages = [s for s in stages if s.name not in names] + ours
         self._spawn("kwok", [
             str(self.bins.kwok), f"--kubeconfig={self.kubeconfig_path}",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",

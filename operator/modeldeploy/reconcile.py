@@ -8,16 +8,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, render, status
+from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, cache, render, status
 from modeldeploy.api import ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy.cache_sync import CacheSync
 from modeldeploy.errors import SpecError
 from modeldeploy.kube import Kube, now_rfc3339
-from modeldeploy.resolve import ClusterFacts, resolve, rollout_blocked
+from modeldeploy.resolve import ClusterFacts, model_facts, resolve, rollout_blocked, with_strategy
 from modeldeploy.settings import Settings
 
 log = logging.getLogger("modeldeploy.reconcile")
@@ -73,6 +74,10 @@ def _controlled_by(obj: Obj, uid: str) -> bool:
 class Reconciler:
     kube: Kube
     settings: Settings
+    caches: CacheSync = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.caches = CacheSync(self.kube, self.settings)
 
     def reconcile(self, namespace: str, name: str, apply: bool = True) -> None:
         """Full pass (apply + status), or with apply=False only a status refresh."""
@@ -94,12 +99,29 @@ class Reconciler:
         resolved: render.Resolved | None = None
         model_id = ""
         desired_replicas = 0
+        verdict: cache.CacheVerdict | None = None
+        hold = False
         try:
             spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
             facts = ClusterFacts.gather(self.kube, namespace, name)
             resolved, plan = resolve(spec, self.settings, facts)
             owner = render.Owner(name=name, uid=uid)
-            desired = render.render(name, namespace, spec, resolved, owner)
+            if spec.cache.enabled:
+                _, arch = model_facts(spec)
+                verdict = self.caches.ensure(
+                    namespace, spec, resolved.model_id, arch, resolved.image, render.affinity(resolved)
+                )
+                if verdict.ready:
+                    # Without prefetch the first pod fills the volume, so it must write and go online.
+                    mount = render.CacheMount(verdict.status.claim_name, prefetched=spec.cache.prefetch)
+                    resolved = with_strategy(spec, replace(resolved, cache=mount), facts)
+            if verdict is None or verdict.ready:
+                desired = render.render(name, namespace, spec, resolved, owner)
+            else:
+                # No GPU pod waits on a download: only the Service until the cache is ready;
+                # a Deployment already serving (say, the previous revision) is left as it is.
+                desired = [render.service(name, namespace, owner)]
+                hold = True
             model_id = resolved.model_id
             desired_replicas = self._desired_replicas(spec, namespace, name)
         except ValidationError as e:
@@ -113,7 +135,7 @@ class Reconciler:
                 self._hand_over_replicas(namespace, name)
             for obj in desired:
                 self.kube.apply(obj)
-            self._prune(namespace, name, uid, desired)
+            self._prune(namespace, name, uid, desired, hold)
 
         dep = self.kube.get("apps/v1", "Deployment", namespace, name)
         if dep is not None and not _controlled_by(dep, uid):
@@ -132,6 +154,7 @@ class Reconciler:
             plan=plan,
             model_id=model_id,
             blocked=blocked,
+            cache=verdict,
         )
         new = status.compute(
             name=name,
@@ -185,9 +208,11 @@ class Reconciler:
         dep = self.kube.get("apps/v1", "Deployment", namespace, name)
         return int((dep or {}).get("spec", {}).get("replicas") or spec.autoscaling.min_replicas)
 
-    def _prune(self, namespace: str, name: str, uid: str, desired: list[Obj]) -> None:
+    def _prune(self, namespace: str, name: str, uid: str, desired: list[Obj], hold: bool) -> None:
         keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
         for api_version, kind in CHILD_KINDS:
+            if hold and kind != "Service":
+                continue
             if not self.kube.has_kind(api_version, kind):
                 continue
             for obj in self.kube.list(api_version, kind, namespace, f"{render.NAME_LABEL}={name}"):
@@ -198,9 +223,7 @@ class Reconciler:
                 self.kube.delete({"apiVersion": api_version, "kind": kind, "metadata": obj["metadata"]})
 
     def _event(self, body: Obj, t: status.Transition) -> None:
-        reason = t.reason if t.status == "True" or t.type == "Ready" else f"{t.type}Cleared"
-        if t.type == "Ready" and t.status == "True":
-            reason = "Ready"
+        reason = t.reason
         try:
             self.kube.event(
                 body, "Warning" if t.warning else "Normal", reason, f"{t.type}={t.status}: {t.message}"

@@ -32,9 +32,10 @@ class Owner:
 
 @dataclass(frozen=True)
 class CacheMount:
-    """A ready weight cache: the PVC to mount read-only at /data, and serve offline."""
+    """A ready weight cache at /data: read-only and offline once prefetched."""
 
     claim_name: str
+    prefetched: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _meta(name: str, namespace: str, owner: Owner | None, extra: dict[str, str] 
 
 def _env(spec: ModelDeploymentSpec, res: Resolved) -> list[Obj]:
     env: list[Obj] = [{"name": "HF_HOME", "value": tgi.DATA_DIR}]
-    if res.cache is not None:
+    if res.cache is not None and res.cache.prefetched:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     ref = spec.model.token_secret_ref
     if ref is not None:
@@ -144,7 +145,7 @@ def _probes(timeout_seconds: int) -> Obj:
     }
 
 
-def _affinity(res: Resolved) -> Obj | None:
+def affinity(res: Resolved) -> Obj | None:
     if not res.gpu_products:
         return None
     # A GPU type has several product label values (SXM, PCIe ...): nodeAffinity, not nodeSelector.
@@ -172,7 +173,7 @@ def _volumes(spec: ModelDeploymentSpec, res: Resolved) -> tuple[list[Obj], list[
     mounts: list[Obj] = [{"name": "shm", "mountPath": tgi.SHM_DIR}]
     if res.cache is not None:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": res.cache.claim_name}})
-        mounts.append({"name": "data", "mountPath": tgi.DATA_DIR, "readOnly": True})
+        mounts.append({"name": "data", "mountPath": tgi.DATA_DIR, "readOnly": res.cache.prefetched})
     else:
         volumes.append({"name": "data", "emptyDir": {}})
         mounts.append({"name": "data", "mountPath": tgi.DATA_DIR})
@@ -206,7 +207,7 @@ def deployment(
     }
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(spec.scheduling.node_selector.items()))
-    if (aff := _affinity(res)) is not None:
+    if (aff := affinity(res)) is not None:
         pod_spec["affinity"] = aff
     if spec.scheduling.priority_class_name:
         pod_spec["priorityClassName"] = spec.scheduling.priority_class_name

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy.api import Condition, ModelDeploymentStatus, PlanStatus
+from modeldeploy.cache import CacheVerdict
 from modeldeploy.errors import SpecError
 
 Obj = dict[str, Any]
@@ -43,6 +44,7 @@ class Observed:
     plan: PlanStatus | None = None
     blocked: Blocked | None = None
     model_id: str = ""
+    cache: CacheVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,13 @@ def compute(
             and replicas == desired
         )
         counts = f"{ready}/{desired} replicas ready, {updated} updated"
-        if desired == 0 and done:
+        cv = observed.cache
+        waiting_cache = cv is not None and not cv.ready
+        if cv is not None and waiting_cache and dep is None:
+            # No serving pods are started before the weights are on the volume.
+            reason = cv.reason if cv.stalled else "WaitingForCache"
+            conds.append(_cond("Ready", "False", reason, f"weight cache {cv.status.phase}: {cv.message}"))
+        elif desired == 0 and done:
             conds.append(_cond("Ready", "True", "ScaledToZero", "scaled to zero replicas"))
         elif ready >= desired > 0:
             conds.append(_cond("Ready", "True", "Available", f"{counts}; serving at {endpoint}"))
@@ -165,10 +173,17 @@ def compute(
             conds.append(_cond("Ready", "False", problems[0].reason, f"{counts}; {problems[0].message}"))
         else:
             conds.append(_cond("Ready", "False", "Progressing", f"{counts}; waiting for pods"))
+        if cv is not None:
+            ok = "True" if cv.ready else "False"
+            conds.append(_cond("CacheReady", ok, cv.reason, cv.message))
         if deadline:
             conds.append(_cond("Stalled", "True", "ProgressDeadlineExceeded", deadline))
+        elif cv is not None and cv.stalled:
+            conds.append(_cond("Stalled", "True", cv.reason, cv.message))
         elif fatal is not None:
             conds.append(_cond("Stalled", "True", fatal.reason, fatal.message))
+        elif waiting_cache and cv is not None:
+            conds.append(_cond("Reconciling", "True", "WaitingForCache", f"{cv.status.phase}: {cv.message}"))
         elif not done:
             if observed.blocked is not None:
                 conds.append(_cond("Reconciling", "True", observed.blocked.reason, observed.blocked.message))
@@ -192,7 +207,7 @@ def compute(
         selector=selector,
         endpoint=endpoint,
         plan=observed.plan if observed else (prior.plan if prior else None),
-        cache=prior.cache if prior else None,
+        cache=observed.cache.status if observed and observed.cache else (prior.cache if prior else None),
     )
 
 

@@ -49,8 +49,11 @@ def release(cluster: Cluster, namespace: str) -> Iterator[str]:
 
 
 def install(cluster: Cluster, namespace: str, tmp_path: Path, values: Obj | None = None) -> None:
-    # The session already applied the ModelDeployment CRD; installing crds/ again is a no-op.
-    cluster.helm("install", RELEASE, str(CHART), "-n", namespace, *values_args(tmp_path, values or {}))
+    # The session applied the ModelDeployment CRD; Helm 4 would apply crds/ again server-side
+    # and co-own its fields, so leave the shared CRD to the session.
+    cluster.helm(
+        "install", RELEASE, str(CHART), "-n", namespace, "--skip-crds", *values_args(tmp_path, values or {})
+    )
 
 
 def gone(cluster: Cluster, kind: str, name: str, namespace: str | None) -> bool:
@@ -151,7 +154,6 @@ def test_install_upgrade_uninstall(cluster: Cluster, namespace: str, release: st
         ("clusterrolebinding", cluster_name, None),
     ]:
         cluster.wait(f"{kind}/{name} deleted", functools.partial(gone, cluster, kind, name, ns), timeout=30)
-    # Helm never deletes what it installed from crds/: ModelDeployments survive an uninstall.
     assert cluster.get("crd", "modeldeployments.modeldeploy.dev") is not None
 
 
@@ -312,34 +314,30 @@ def test_operator_with_chart_rbac_reconciles_every_example(
     assert not forbidden, "the operator hit RBAC denials:\n" + "\n".join(forbidden[:20])
 
 
-def test_service_account_permissions(cluster: Cluster, namespace: str, release: str, tmp_path: Path) -> None:
-    install(cluster, namespace, tmp_path, {"watchNamespaces": [namespace]})
+@pytest.mark.parametrize("mode", ["namespaced", "cluster-wide"])
+def test_service_account_permissions(
+    cluster: Cluster, namespace: str, release: str, tmp_path: Path, mode: str
+) -> None:
+    namespaced = mode == "namespaced"
+    install(cluster, namespace, tmp_path, {"watchNamespaces": [namespace] if namespaced else []})
+    model = "modeldeployments.modeldeploy.dev"
     # Never Secrets, anywhere; never everything.
-    assert not can_i(cluster, namespace, "get", "secrets", "-n", namespace)
-    assert not can_i(cluster, namespace, "list", "secrets", "-n", namespace)
-    assert not can_i(cluster, namespace, "list", "secrets", "--all-namespaces")
-    assert not can_i(cluster, namespace, "get", "secrets", "-n", "kube-system")
-    assert not can_i(cluster, namespace, "*", "*", "--all-namespaces")
-    assert not can_i(cluster, namespace, "*", "*", "-n", namespace)
-    # Writes only in the watched namespace.
-    assert not can_i(cluster, namespace, "create", "deployments.apps", "-n", "default")
-    assert not can_i(cluster, namespace, "patch", "modeldeployments.modeldeploy.dev", "-n", "default")
+    for where in (["-n", namespace], ["-n", "kube-system"], ["--all-namespaces"]):
+        for verb in ("get", "list", "watch"):
+            assert not can_i(cluster, namespace, verb, "secrets", *where), (verb, where)
+        assert not can_i(cluster, namespace, "*", "*", *where), where
+    # The status subresource, and no update or delete of the user's objects.
+    assert can_i(cluster, namespace, "patch", model, "--subresource=status", "-n", namespace)
+    assert not can_i(cluster, namespace, "update", model, "-n", namespace)
+    assert not can_i(cluster, namespace, "delete", model, "-n", namespace)
     assert can_i(cluster, namespace, "create", "deployments.apps", "-n", namespace)
-    assert can_i(
-        cluster,
-        namespace,
-        "patch",
-        "modeldeployments.modeldeploy.dev",
-        "--subresource=status",
-        "-n",
-        namespace,
-    )
-    assert not can_i(cluster, namespace, "update", "modeldeployments.modeldeploy.dev", "-n", namespace)
-    assert not can_i(cluster, namespace, "delete", "modeldeployments.modeldeploy.dev", "-n", namespace)
-    # Cluster-wide reads it needs: GPU nodes and, for GPU accounting, the pod list.
+    # Outside the watched namespace: nothing to write in namespaced mode.
+    assert can_i(cluster, namespace, "create", "deployments.apps", "-n", "default") is not namespaced
+    assert can_i(cluster, namespace, "patch", model, "-n", "default") is not namespaced
+    # Cluster-wide reads it needs in both modes: GPU nodes and the pod list for GPU accounting.
     assert can_i(cluster, namespace, "list", "nodes")
     assert can_i(cluster, namespace, "list", "pods", "--all-namespaces")
-    assert not can_i(cluster, namespace, "watch", "pods", "--all-namespaces")
+    assert can_i(cluster, namespace, "watch", "pods", "--all-namespaces") is not namespaced
     # The effective rule list has no Secrets and no wildcard resource rule.
     listed = cluster.kubectl(
         "auth", "can-i", "--list", "-n", namespace, f"--as=system:serviceaccount:{namespace}:{SA}"

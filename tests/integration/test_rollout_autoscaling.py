@@ -5,9 +5,7 @@ test uses) so the numbers are theirs alone."""
 from __future__ import annotations
 
 import copy
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,8 +85,8 @@ def test_kubectl_scale_through_scale_subresource(cluster: Cluster, namespace: st
     )  # type: ignore[index]
     obj = wait_ready(cluster, namespace, "scaled")
     assert obj["status"]["readyReplicas"] == 2
-    scale = yaml.safe_load(cluster.kubectl("get", "--raw",
-                                           f"/apis/modeldeploy.dev/v1alpha1/namespaces/{namespace}/modeldeployments/scaled/scale").stdout)  # fmt: skip
+    path = f"/apis/modeldeploy.dev/v1alpha1/namespaces/{namespace}/modeldeployments/scaled/scale"
+    scale = yaml.safe_load(cluster.kubectl("get", "--raw", path).stdout)
     assert scale["status"]["replicas"] == 2
     assert scale["status"]["selector"] == "modeldeploy.dev/name=scaled"
 
@@ -235,9 +233,6 @@ def _blocker(node: str, gpus: int) -> dict[str, Any]:
                     "image": "example.invalid/blocker",
                     "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
                 }
-            ],  # fmt: skip
+            ],
         },
     }
-
-
-_ = (Path, subprocess)

@@ -41,10 +41,11 @@ NAMESPACED_GRANTS: dict[tuple[str, str], set[str]] = {
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create", "patch", "list"},
 }
 CLUSTER_GRANTS: dict[tuple[str, str], set[str]] = {
     ("", "nodes"): {"get", "list", "watch"},
+    ("storage.k8s.io", "storageclasses"): {"get", "list"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
 # kopf matches a namespace list against the cluster's namespaces (not needed cluster-wide).

@@ -104,16 +104,24 @@ into the cluster-wide ClusterRole and into each watched namespace's Role.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# Events: posted by the operator and kopf; listed by the weight cache to report why its
+# PersistentVolumeClaim is not bound.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "list"]
 {{- end }}
 
-{{/* Cluster-scoped reads every mode needs: GPU nodes, and CRD discovery by kopf. */}}
+{{/*
+Cluster-scoped reads every mode needs: GPU nodes, StorageClasses (the weight cache checks that
+its claim's class exists, or that there is a default one), and CRD discovery by kopf.
+*/}}
 {{- define "modeldeploy.clusterRules" -}}
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get", "list", "watch"]
+- apiGroups: ["storage.k8s.io"]
+  resources: ["storageclasses"]
+  verbs: ["get", "list"]
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]

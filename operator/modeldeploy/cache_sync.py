@@ -1,0 +1,114 @@
+"""API I/O for the weight cache: apply the shared PVC and prefetch Job, read back what they
+report, and delete caches nobody uses when they are not to be retained. The decisions are the
+pure functions in `cache.py`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from modeldeploy import GROUP, VERSION, cache
+from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec
+from modeldeploy.kube import Kube
+from modeldeploy.settings import Settings
+
+log = logging.getLogger("modeldeploy.cache")
+Obj = dict[str, Any]
+
+
+@dataclass
+class CacheSync:
+    kube: Kube
+    settings: Settings
+
+    def ensure(
+        self,
+        namespace: str,
+        spec: ModelDeploymentSpec,
+        model_id: str,
+        arch: ModelArchitecture | None,
+        image: str,
+        affinity: Obj | None,
+    ) -> cache.CacheVerdict:
+        """Apply the cache for (model id, revision) and say where it stands. May raise SpecError."""
+        revision = spec.model.revision
+        key = cache.cache_key(model_id, revision)
+        claim = cache.claim_name(model_id, revision)
+        size = cache.cache_size(spec.cache, cache.disk_weight_gib(arch) if arch else None)
+        models = self.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
+        pvc = cache.render_pvc(model_id, revision, namespace, spec.cache, size)
+        existing_pvc = self.kube.get("v1", "PersistentVolumeClaim", namespace, claim)
+        if existing_pvc is not None:
+            # A bound claim keeps the size it was made with (growing it is a separate operation).
+            pvc["spec"]["resources"] = existing_pvc["spec"]["resources"]
+            pvc["spec"].pop("storageClassName", None)
+            if existing_pvc["spec"].get("storageClassName") is not None:
+                pvc["spec"]["storageClassName"] = existing_pvc["spec"]["storageClassName"]
+        retain = cache.desired_retain(models, key)
+        if retain is not None:
+            pvc["metadata"]["annotations"][cache.RETAIN_ANNOTATION] = "true" if retain else "false"
+        self.kube.apply(pvc)
+
+        job_obj: Obj | None = None
+        pods: list[Obj] = []
+        if spec.cache.prefetch:
+            job = cache.render_job(
+                model_id,
+                revision,
+                namespace,
+                image=image,
+                hf_endpoint=self.settings.hf_endpoint,
+                token_ref=spec.model.token_secret_ref,
+                scheduling=spec.scheduling,
+                affinity=affinity,
+            )
+            existing = self.kube.get("batch/v1", "Job", namespace, claim)
+            if existing is not None and cache.should_replace_job(existing, job):
+                # A failed Job whose inputs changed (e.g. a token added): start over.
+                self.kube.delete(existing)
+                existing = None
+            if existing is None or not existing["metadata"].get("deletionTimestamp"):
+                job_obj = self.kube.apply(job)
+            pods = self.kube.list("v1", "Pod", namespace, cache.selector_string(key))
+
+        pvc_obj = self.kube.get("v1", "PersistentVolumeClaim", namespace, claim)
+        sc_name = (pvc_obj or pvc)["spec"].get("storageClassName")
+        events = [
+            e
+            for e in self.kube.list("v1", "Event", namespace)
+            if (e.get("involvedObject") or {}).get("name") == claim
+            and (e.get("involvedObject") or {}).get("kind") == "PersistentVolumeClaim"
+        ]
+        return cache.cache_status(
+            claim,
+            pvc_obj,
+            job_obj,
+            pods,
+            prefetch=spec.cache.prefetch,
+            storage_class_exists=self._storage_class_exists(sc_name),
+            events=events,
+        )
+
+    def _storage_class_exists(self, name: str | None) -> bool:
+        if name:
+            return self.kube.get("storage.k8s.io/v1", "StorageClass", None, name) is not None
+        return any(
+            (sc["metadata"].get("annotations") or {}).get("storageclass.kubernetes.io/is-default-class")
+            == "true"
+            for sc in self.kube.list("storage.k8s.io/v1", "StorageClass", None)
+        )
+
+    def collect_garbage(self, namespace: str) -> None:
+        """Delete caches in `namespace` that no ModelDeployment uses and that are not retained."""
+        models = self.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
+        for pvc in self.kube.list("v1", "PersistentVolumeClaim", namespace, cache.CACHE_KEY_LABEL):
+            key = pvc["metadata"]["labels"][cache.CACHE_KEY_LABEL]
+            if not cache.should_delete(pvc, cache.users(models, key)):
+                continue
+            name = pvc["metadata"]["name"]
+            log.info("deleting unused cache %s/%s (retain: false)", namespace, name)
+            job = self.kube.get("batch/v1", "Job", namespace, name)
+            if job is not None:
+                self.kube.delete(job)
+            self.kube.delete(pvc)
