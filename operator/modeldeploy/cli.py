@@ -16,7 +16,7 @@ from modeldeploy import KIND, render
 from modeldeploy.api import ModelDeploymentSpec
 from modeldeploy.errors import SpecError
 from modeldeploy.reconcile import spec_error_from_validation
-from modeldeploy.resolve import ClusterFacts, resolve
+from modeldeploy.resolve import ClusterFacts, model_facts, plan_model, resolve
 from modeldeploy.settings import Settings
 
 
@@ -76,6 +76,52 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_table(path: str, gpu_type: str | None, settings: Settings) -> str:
+    """The planner's table for each ModelDeployment in the file: every shard count considered."""
+    lines: list[str] = []
+    for doc in _load_models(path):
+        name = (doc.get("metadata") or {}).get("name", "")
+        try:
+            spec = ModelDeploymentSpec.model_validate(doc.get("spec") or {})
+        except ValidationError as e:
+            raise spec_error_from_validation(e) from e
+        if gpu_type:
+            spec = spec.model_copy(
+                update={"resources": spec.resources.model_copy(update={"gpu_type": gpu_type})}
+            )
+        model_id, arch = model_facts(spec)
+        if arch is None:
+            lines.append(f"{name}: {model_id}: no architecture facts (not in the catalog): nothing to plan")
+            continue
+        p = plan_model(spec, arch, settings, ClusterFacts())
+        lines.append(
+            f"{name}: {model_id} on {p.gpu_type} ({p.gpu_memory_gib:.1f} GiB, {p.usable_gib_per_gpu:.1f} usable), "
+            f"weights {p.weights_format}, {p.max_total_tokens} tokens x {p.concurrent_sequences} sequences"
+        )
+        lines.append(f"  {'shards':>6} {'weights':>9} {'kv-cache':>9} {'overhead':>9} {'total':>9}  verdict")
+        for c in p.candidates:
+            verdict = (
+                "chosen" if c.num_shard == p.num_shard else ("fits" if c.fits else c.reason or "does not fit")
+            )
+            lines.append(
+                f"  {c.num_shard:>6} {c.weights_gib_per_gpu:>8.1f}G {c.kv_cache_gib_per_gpu:>8.1f}G "
+                f"{c.overhead_gib_per_gpu:>8.1f}G {c.total_gib_per_gpu:>8.1f}G  {verdict}"
+            )
+        lines.append(
+            f"  => gpus {p.gpus_per_replica}, --num-shard {p.num_shard}, ~{p.total_gib_per_gpu:.1f} GiB per GPU"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        sys.stdout.write(plan_table(args.file, args.gpu_type, Settings.from_env()))
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_crd(_: argparse.Namespace) -> int:
     from modeldeploy.crdgen import crd_yaml
 
@@ -108,6 +154,12 @@ def parser() -> argparse.ArgumentParser:
         "-f", "--file", required=True, help="YAML file with ModelDeployment documents ('-' = stdin)"
     )
     rnd.set_defaults(fn=cmd_render)
+    pln = sub.add_parser("plan", help="print the GPU plan of ModelDeployments in FILE, offline")
+    pln.add_argument(
+        "-f", "--file", required=True, help="YAML file with ModelDeployment documents ('-' = stdin)"
+    )
+    pln.add_argument("--gpu-type", help="plan on this GPU type (catalog name) instead of the spec's")
+    pln.set_defaults(fn=cmd_plan)
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition")
     crd.set_defaults(fn=cmd_crd)
     return ap

@@ -246,3 +246,41 @@ def test_scaling_down_prunes_pdb(cluster: Cluster, namespace: str, operator: Any
     body["spec"]["replicas"] = 1
     cluster.apply(body, namespace)
     cluster.wait("PDB pruned", lambda: cluster.get("poddisruptionbudget", "pdb", namespace) is None)
+
+
+def test_gpus_auto_schedules_planned_count(cluster: Cluster, namespace: str, operator: Any) -> None:
+    body = model(
+        "falcon", resources={"gpus": "auto", "gpuType": "nvidia-h100-80gb"}, engine={"maxTotalTokens": 2048}
+    )
+    body["spec"]["model"] = {"preset": "falcon-40b"}
+    cluster.apply(body, namespace)
+    obj = wait_ready(cluster, namespace, "falcon")
+    assert obj["status"]["plan"]["gpusPerReplica"] == 2
+    assert obj["status"]["plan"]["numShard"] == 2
+    assert obj["status"]["plan"]["gpuType"] == "nvidia-h100-80gb"
+    (pod,) = cluster.list("pods", namespace, "modeldeploy.dev/name=falcon")
+    c = pod["spec"]["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert c["args"][c["args"].index("--num-shard") + 1] == "2"
+    node = cluster.get("node", pod["spec"]["nodeName"])
+    assert (
+        node is not None and node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    )
+
+
+def test_model_that_cannot_fit_is_stalled_before_any_pod(
+    cluster: Cluster, namespace: str, operator: Any
+) -> None:
+    body = model("toobig", resources={"gpus": 1, "gpuType": "nvidia-h100-80gb"})
+    body["spec"]["model"] = {"preset": "qwen2.5-72b-instruct"}
+    cluster.apply(body, namespace)
+
+    def stalled() -> dict[str, Any] | None:
+        c = condition(get_model(cluster, namespace, "toobig"), "Stalled")
+        return c if c and c["status"] == "True" else None
+
+    c = cluster.wait("Stalled DoesNotFit", stalled)
+    assert c["reason"] == "DoesNotFit"
+    assert "spec.resources.gpus" in c["message"] and "gpus 2 on nvidia-h100-80gb" in c["message"]
+    assert cluster.get("deployment", "toobig", namespace) is None
+    assert cluster.list("pods", namespace, "modeldeploy.dev/name=toobig") == []

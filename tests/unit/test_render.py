@@ -168,3 +168,13 @@ def test_rendered_yaml_round_trips() -> None:
     out = render_file(str(EXAMPLES[0]), Settings())
     docs = list(yaml.safe_load_all(out))
     assert [d["kind"] for d in docs][:2] == ["Deployment", "Service"]
+
+
+def test_plan_cli_prints_the_shard_table(tmp_path: Path) -> None:
+    from modeldeploy.cli import plan_table
+
+    out = plan_table(str(REPO / "manifests" / "examples" / "falcon-40b.yaml"), None, Settings())
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2", "4", "8"]
+    assert rows[1][-1] == "chosen" and "needs" in rows[0]
+    assert "gpus 2, --num-shard 2" in out
