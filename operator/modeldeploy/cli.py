@@ -95,7 +95,8 @@ def plan_table(path: str, gpu_type: str | None, settings: Settings) -> str:
             continue
         p = plan_model(spec, arch, settings, ClusterFacts())
         lines.append(
-            f"{name}: {model_id} on {p.gpu_type} ({p.gpu_memory_gib:.1f} GiB, {p.usable_gib_per_gpu:.1f} usable), "
+            f"{name}: {model_id} on {p.gpu_type} "
+            f"({p.gpu_memory_gib:.1f} GiB, {p.usable_gib_per_gpu:.1f} usable), "
             f"weights {p.weights_format}, {p.max_total_tokens} tokens x {p.concurrent_sequences} sequences"
         )
         lines.append(f"  {'shards':>6} {'weights':>9} {'kv-cache':>9} {'overhead':>9} {'total':>9}  verdict")
@@ -108,7 +109,8 @@ def plan_table(path: str, gpu_type: str | None, settings: Settings) -> str:
                 f"{c.overhead_gib_per_gpu:>8.1f}G {c.total_gib_per_gpu:>8.1f}G  {verdict}"
             )
         lines.append(
-            f"  => gpus {p.gpus_per_replica}, --num-shard {p.num_shard}, ~{p.total_gib_per_gpu:.1f} GiB per GPU"
+            f"  => gpus {p.gpus_per_replica}, --num-shard {p.num_shard}, "
+            f"~{p.total_gib_per_gpu:.1f} GiB per GPU"
         )
     return "\n".join(lines) + "\n"
 
