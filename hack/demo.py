@@ -38,7 +38,13 @@ def main() -> int:
 
     log("step 2/5: installing the ModelDeployment CRD")
     kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "modeldeploy.dev_modeldeployments.yaml"))
-    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.dev", "--timeout=60s")
+
+    def established() -> bool:
+        crd = json.loads(kubectl("get", "crd", "modeldeployments.modeldeploy.dev", "-o", "json"))
+        conds = crd.get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    wait_for("CRD Established", established, timeout=60)
 
     log("step 3/5: starting the operator (modeldeploy run)")
     port = free_port()

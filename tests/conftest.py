@@ -72,6 +72,14 @@ class Cluster:
         items: list[dict[str, Any]] = json.loads(res.stdout)["items"]
         return items
 
+    def wait_established(self, crd: str) -> None:
+        # `kubectl wait` fails outright when it reads a CRD before it has any status.
+        def established() -> bool:
+            c = condition(self.get("crd", crd), "Established")
+            return c is not None and c["status"] == "True"
+
+        self.wait(f"CRD {crd} Established", established, timeout=60)
+
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
         """Poll until check() returns something truthy; return it."""
         box: list[Any] = []
@@ -113,7 +121,7 @@ def local_cluster() -> Iterator[LocalCluster]:
 def cluster(local_cluster: LocalCluster) -> Cluster:
     c = Cluster(local_cluster)
     c.kubectl("apply", "--server-side", "-f", str(CRD))
-    c.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.dev", "--timeout=60s")
+    c.wait_established("modeldeployments.modeldeploy.dev")
     return c
 
 

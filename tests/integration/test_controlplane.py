@@ -108,7 +108,7 @@ def test_crd_cel_rule_rejects_bad_object(cluster: Cluster, namespace: str) -> No
         },
     }  # fmt: skip
     cluster.apply(crd)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/ranges.celtest.example.com", "--timeout=60s")
+    cluster.wait_established("ranges.celtest.example.com")
     good = {"apiVersion": "celtest.example.com/v1", "kind": "Range", "metadata": {"name": "good"},
             "spec": {"low": 1, "high": 2}}  # fmt: skip
     assert cluster.apply(good, namespace).returncode == 0

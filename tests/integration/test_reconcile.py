@@ -4,6 +4,7 @@ rollouts, no-op re-applies, CEL admission, honest status and garbage collection.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,53 @@ def test_model_that_cannot_fit_is_stalled_before_any_pod(
     assert "spec.resources.gpus" in c["message"] and "gpus 2 on nvidia-h100-80gb" in c["message"]
     assert cluster.get("deployment", "toobig", namespace) is None
     assert cluster.list("pods", namespace, "modeldeploy.dev/name=toobig") == []
+
+
+CRASH = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}
+PULL = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "ghcr.io/x"'}}
+OOM = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+POD_FAILURES = [
+    (CRASH, {}, 4, "CrashLoopBackOff"),
+    (PULL, {}, 0, "ImagePullBackOff"),
+    ({"waiting": {"reason": "CrashLoopBackOff"}}, OOM, 2, "OOMKilled"),
+]
+
+
+@pytest.mark.parametrize(
+    ("state", "last", "restarts", "reason"), POD_FAILURES, ids=[f[3] for f in POD_FAILURES]
+)
+def test_pod_failures_are_lifted_into_conditions(cluster: Cluster, namespace: str, operator: Any,
+                                                 state: dict[str, Any], last: dict[str, Any], restarts: int,
+                                                 reason: str) -> None:  # fmt: skip
+    cluster.apply(model("sick", resources={"gpus": 1, "gpuType": "nvidia-h100-80gb"}), namespace)
+    wait_ready(cluster, namespace, "sick")
+    (pod,) = cluster.list("pods", namespace, "modeldeploy.dev/name=sick")
+    # KWOK plays the kubelet; here the test does, reporting what a kubelet would.
+    container = {
+        "name": "server", "image": pod["spec"]["containers"][0]["image"], "ready": False,
+        "restartCount": restarts, "state": state, "lastState": last, "imageID": "", "containerID": "",
+    }  # fmt: skip
+    patch = {
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "False"},
+                {"type": "ContainersReady", "status": "False"},
+            ],
+            "containerStatuses": [container],
+        }
+    }  # fmt: skip
+    cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", namespace, "--subresource=status",
+                    "--type=strategic", "-p", json.dumps(patch))  # fmt: skip
+
+    def stalled() -> dict[str, Any] | None:
+        c = condition(get_model(cluster, namespace, "sick"), "Stalled")
+        return c if c and c["reason"] == reason else None
+
+    c = cluster.wait(f"Stalled {reason}", stalled)
+    assert "1 pod" in c["message"]
+    if restarts:
+        assert f"restarts: {restarts}" in c["message"]
+    ready = condition(get_model(cluster, namespace, "sick"), "Ready")
+    assert ready is not None and ready["status"] == "False" and ready["reason"] == reason
+    events = cluster.list("events", namespace)
+    assert any(e["reason"] == reason and e["involvedObject"]["name"] == "sick" for e in events)

@@ -109,7 +109,7 @@ def test_keda_refused_without_crd_then_rendered_with_it(
     assert cluster.get("deployment", "keda", namespace) is None  # nothing half-applied
     # Install KEDA's own CRD (from the github.com/kedacore/keda/v2 Go module).
     cluster.kubectl("apply", "--server-side", "-f", str(cluster.lc.bins.keda_crd))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+    cluster.wait_established("scaledobjects.keda.sh")
     so = cluster.wait(
         "ScaledObject", lambda: cluster.get("scaledobject.keda.sh", "keda", namespace), timeout=60
     )

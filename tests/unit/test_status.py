@@ -1,0 +1,104 @@
+"""Status computation is pure: conditions from observed objects, kstatus shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modeldeploy import status
+from modeldeploy.errors import SpecError
+
+
+def dep(replicas: int, ready: int, updated: int, generation: int = 1, observed: int = 1,
+        deadline: bool = False) -> dict[str, Any]:  # fmt: skip
+    conds = []
+    if deadline:
+        conds.append({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                      "message": 'ReplicaSet "m-1" has timed out progressing.'})  # fmt: skip
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {"observedGeneration": observed, "replicas": replicas, "readyReplicas": ready,
+                   "updatedReplicas": updated, "availableReplicas": ready, "conditions": conds},
+    }  # fmt: skip
+
+
+def pod(name: str = "p", **container: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"containerStatuses": [{"name": "server", **container}]}}
+
+
+UNSCHED = {
+    "metadata": {"name": "p"},
+    "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                               "message": "0/5 nodes are available: 5 Insufficient nvidia.com/gpu."}]},
+}  # fmt: skip
+
+
+def compute(observed: status.Observed | None, error: SpecError | None = None,
+            prior: Any = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    st = status.compute("m", "ns", 1, "sel", "http://m.ns.svc:80", observed, error, prior, "T")
+    return {c.type: c.model_dump(by_alias=True) for c in st.conditions}
+
+
+def test_ready_when_all_replicas_ready() -> None:
+    conds = compute(status.Observed(2, dep(2, 2, 2), []))
+    assert conds["Ready"]["status"] == "True" and conds["Ready"]["reason"] == "Available"
+    assert "Reconciling" not in conds and "Stalled" not in conds
+
+
+@pytest.mark.parametrize(
+    ("container", "reason"),
+    [
+        ({"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}, "restartCount": 7},
+         "CrashLoopBackOff"),
+        ({"state": {"waiting": {"reason": "ImagePullBackOff", "message": "denied"}}}, "ImagePullBackOff"),
+        ({"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 3,
+          "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}, "OOMKilled"),
+    ],
+)  # fmt: skip
+def test_fatal_pod_causes_stall_with_numbers(container: dict[str, Any], reason: str) -> None:
+    conds = compute(status.Observed(1, dep(1, 0, 1), [pod(**container)]))
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == reason
+    assert conds["Stalled"]["reason"] == reason
+    assert "1 pod" in conds["Stalled"]["message"]
+    assert "Reconciling" not in conds
+
+
+def test_unschedulable_is_reconciling_with_scheduler_message() -> None:
+    conds = compute(status.Observed(1, dep(1, 0, 1), [UNSCHED]))
+    assert conds["Ready"]["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in conds["Ready"]["message"]
+    assert conds["Reconciling"]["status"] == "True"
+    assert "Stalled" not in conds
+
+
+def test_progress_deadline_is_stalled() -> None:
+    conds = compute(status.Observed(1, dep(1, 0, 1, deadline=True), [UNSCHED]))
+    assert conds["Stalled"]["reason"] == "ProgressDeadlineExceeded"
+    assert "Reconciling" not in conds
+
+
+def test_spec_error_is_stalled_and_names_field() -> None:
+    conds = compute(None, SpecError("spec.engine.extraArgs[0]", "--x is not a flag"))
+    assert conds["Stalled"]["reason"] == "InvalidSpec"
+    assert conds["Stalled"]["message"].startswith("spec.engine.extraArgs[0]: ")
+    assert conds["Ready"]["status"] == "False"
+
+
+def test_rollout_in_progress_is_reconciling() -> None:
+    conds = compute(status.Observed(2, dep(2, 1, 1, generation=2, observed=2), []))
+    assert conds["Reconciling"]["reason"] == "Progressing"
+    assert "1/2 replicas ready" in conds["Reconciling"]["message"]
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    first = status.compute("m", "ns", 1, "s", "e", status.Observed(1, dep(1, 1, 1), []), None, None, "T1")
+    second = status.compute("m", "ns", 1, "s", "e", status.Observed(1, dep(1, 1, 1), []), None, first, "T2")
+    assert second.conditions[0].last_transition_time == "T1"
+    assert status.transitions(first, second) == []
+    broken = status.compute(
+        "m", "ns", 1, "s", "e", status.Observed(1, dep(1, 0, 1), [UNSCHED]), None, second, "T3"
+    )
+    assert broken.conditions[0].last_transition_time == "T3"
+    assert {t.type for t in status.transitions(second, broken)} == {"Ready", "Reconciling"}
