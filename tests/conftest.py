@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from modeldeploy.localcluster import Binaries, LocalCluster, free_port, wait_for
+from tests.standins.hf_hub import HubStandIn
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "modeldeploy.dev_modeldeployments.yaml"
@@ -126,11 +127,24 @@ def cluster(local_cluster: LocalCluster) -> Cluster:
 
 
 @pytest.fixture(scope="session")
-def operator_proc(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
-    """`modeldeploy run` against the test cluster, with a fast resync."""
+def hub() -> Iterator[HubStandIn]:
+    """The local Hugging Face Hub stand-in (generated repositories; no internet)."""
+    with HubStandIn() as h:
+        yield h
+
+
+@pytest.fixture(scope="session")
+def operator_proc(cluster: Cluster, hub: HubStandIn) -> Iterator[subprocess.Popen[bytes]]:
+    """`modeldeploy run` against the test cluster, with a fast resync, reading model configs
+    from the Hub stand-in."""
     port = free_port()
     log_path = cluster.lc.state / "logs" / "operator.log"
-    env = {**cluster.lc.env(), "MODELDEPLOY_RESYNC_SECONDS": "5", "MODELDEPLOY_DISCOVERY_RETRY_SECONDS": "1"}
+    env = {
+        **cluster.lc.env(),
+        "MODELDEPLOY_RESYNC_SECONDS": "5",
+        "MODELDEPLOY_DISCOVERY_RETRY_SECONDS": "1",
+        "MODELDEPLOY_HF_ENDPOINT": hub.url,
+    }
     with log_path.open("ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "modeldeploy.cli", "run", f"--liveness=http://127.0.0.1:{port}/healthz"],

@@ -14,9 +14,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, cache, render, status
-from modeldeploy.api import ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy.cache_sync import CacheSync
 from modeldeploy.errors import SpecError
+from modeldeploy.hubfacts import FactsUnavailableError, HubFacts
 from modeldeploy.kube import Kube, now_rfc3339
 from modeldeploy.resolve import ClusterFacts, model_facts, resolve, rollout_blocked, with_strategy
 from modeldeploy.settings import Settings
@@ -34,6 +35,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("keda.sh/v1alpha1", "ScaledObject"),
 )
 
+DEFAULT_HUB = "https://huggingface.co"
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-autoscaling-handover"
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -75,9 +77,11 @@ class Reconciler:
     kube: Kube
     settings: Settings
     caches: CacheSync = field(init=False)
+    hub: HubFacts = field(init=False)
 
     def __post_init__(self) -> None:
         self.caches = CacheSync(self.kube, self.settings)
+        self.hub = HubFacts(self.settings.hf_endpoint or DEFAULT_HUB)
 
     def reconcile(self, namespace: str, name: str, apply: bool = True) -> None:
         """Full pass (apply + status), or with apply=False only a status refresh."""
@@ -104,10 +108,11 @@ class Reconciler:
         try:
             spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
             facts = ClusterFacts.gather(self.kube, namespace, name)
-            resolved, plan = resolve(spec, self.settings, facts)
+            read_arch = self._read_arch(spec)
+            resolved, plan = resolve(spec, self.settings, facts, read_arch)
             owner = render.Owner(name=name, uid=uid)
             if spec.cache.enabled:
-                _, arch = model_facts(spec)
+                arch = model_facts(spec)[1] or read_arch
                 verdict = self.caches.ensure(
                     namespace, spec, resolved.model_id, arch, resolved.image, render.affinity(resolved)
                 )
@@ -173,6 +178,18 @@ class Reconciler:
             self.kube.patch_status(namespace, name, new_raw)
         for t in status.transitions(prior, new):
             self._event(body, t)
+
+    def _read_arch(self, spec: ModelDeploymentSpec) -> ModelArchitecture | None:
+        """Facts from the model's config.json when neither spec nor catalog has them."""
+        model_id, arch = model_facts(spec)
+        if arch is not None or not model_id or not self.settings.read_model_config:
+            return None
+        try:
+            return self.hub.read(model_id, spec.model.revision)
+        except FactsUnavailableError as e:
+            # Gated, private or unreachable: serve as asked, without a plan.
+            log.info("no architecture facts for %s: %s", model_id, e)
+            return None
 
     def _hand_over_replicas(self, namespace: str, name: str) -> None:
         """Autoscaling on: stop owning the Deployment's replicas without resetting them.

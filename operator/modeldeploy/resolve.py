@@ -197,10 +197,17 @@ def model_facts(spec: ModelDeploymentSpec) -> tuple[str, ModelArchitecture | Non
 
 
 def resolve(
-    spec: ModelDeploymentSpec, settings: Settings, facts: ClusterFacts
+    spec: ModelDeploymentSpec,
+    settings: Settings,
+    facts: ClusterFacts,
+    read_arch: ModelArchitecture | None = None,
 ) -> tuple[render.Resolved, PlanStatus]:
-    """Everything the renderer needs, or a SpecError saying which field to fix."""
+    """Everything the renderer needs, or a SpecError saying which field to fix.
+
+    read_arch: facts read from the model's repository, used when neither the spec nor the
+    catalog has any."""
     model_id, arch = model_facts(spec)
+    arch = arch or read_arch
     if not model_id:
         raise SpecError("spec.model", "set id (a Hugging Face repo id) or a known preset")
     engine = spec.engine

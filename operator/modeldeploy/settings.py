@@ -20,8 +20,10 @@ class Settings(BaseModel):
     startup_timeout_seconds: int = Field(default=DEFAULT_STARTUP_TIMEOUT_SECONDS, ge=60)
     # Extra GPU types merged into the built-in catalog (name -> GPU type fields).
     extra_gpu_types: dict[str, dict[str, Any]] = {}
-    # Hugging Face endpoint the prefetch Job and config reads use (HF_ENDPOINT).
+    # Hugging Face endpoint the prefetch Job uses (HF_ENDPOINT; empty = the image's default) and
+    # the operator reads config.json of models outside the catalog from (empty = huggingface.co).
     hf_endpoint: str = ""
+    read_model_config: bool = True
     resync_seconds: float = Field(default=60.0, gt=0)
     # Prometheus that scrapes TGI's /metrics, for KEDA's prometheus trigger.
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
@@ -38,6 +40,8 @@ class Settings(BaseModel):
             values["extra_gpu_types"] = yaml.safe_load(Path(v).read_text()) or {}
         if v := env.get("MODELDEPLOY_HF_ENDPOINT"):
             values["hf_endpoint"] = v
+        if v := env.get("MODELDEPLOY_READ_MODEL_CONFIG"):
+            values["read_model_config"] = v.lower() not in ("0", "false", "no")
         if v := env.get("MODELDEPLOY_PROMETHEUS_URL"):
             values["prometheus_url"] = v
         if v := env.get("MODELDEPLOY_RESYNC_SECONDS"):

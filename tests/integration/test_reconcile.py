@@ -145,9 +145,14 @@ def test_spec_change_rolls_and_noop_reapply_writes_nothing(
         )
 
     cluster.wait("deployment rolled", rolled)
-    obj = wait_ready(cluster, namespace, "roll")
+
+    def rollout_done() -> dict[str, Any] | None:
+        obj = wait_ready(cluster, namespace, "roll")
+        done = condition(obj, "Reconciling") is None and obj["status"]["updatedReplicas"] == 1
+        return obj if done else None
+
+    obj = cluster.wait("rollout finished", rollout_done)
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
-    assert obj["status"]["updatedReplicas"] == 1
 
 
 INVALID = [
@@ -335,3 +340,17 @@ def test_pod_failures_are_lifted_into_conditions(cluster: Cluster, namespace: st
     assert ready is not None and ready["status"] == "False" and ready["reason"] == reason
     events = cluster.list("events", namespace)
     assert any(e["reason"] == reason and e["involvedObject"]["name"] == "sick" for e in events)
+
+
+def test_model_outside_catalog_is_planned_from_its_config(
+    cluster: Cluster, namespace: str, operator: Any
+) -> None:
+    # acme/tiny-llm is served by the Hub stand-in; the operator reads its config.json and
+    # safetensors header, so `gpus: auto` is planned and the plan carries an estimate.
+    body = model("tiny", resources={"gpus": "auto", "gpuType": "nvidia-l4"})
+    body["spec"]["model"] = {"id": "acme/tiny-llm"}
+    cluster.apply(body, namespace)
+    obj = wait_ready(cluster, namespace, "tiny")
+    plan = obj["status"]["plan"]
+    assert plan["gpusPerReplica"] == 1 and plan["gpuType"] == "nvidia-l4"
+    assert plan["estimatedGiBPerGpu"] > 0
