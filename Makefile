@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE ?= .modeldeploy/demo
 
-.PHONY: setup controlplane demo down test lint unit crd render-examples
+.PHONY: setup controlplane demo down test lint unit crd bench
 
 $(VENV)/.installed: pyproject.toml
 	@echo "[setup] creating $(VENV) and installing modeldeploy with its dev tools"
@@ -38,3 +38,6 @@ test: setup controlplane lint
 
 crd: setup
 	$(VENV)/bin/modeldeploy crd > crds/modeldeploy.dev_modeldeployments.yaml
+
+bench: setup controlplane
+	$(PY) hack/bench.py

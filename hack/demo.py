@@ -8,10 +8,9 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from modeldeploy.localcluster import Binaries, LocalCluster, free_port, log, stop_state_dir, wait_for
+from modeldeploy.localcluster import Binaries, LocalCluster, log, start_operator, stop_state_dir, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "models"
@@ -47,24 +46,8 @@ def main() -> int:
     wait_for("CRD Established", established, timeout=60)
 
     log("step 3/5: starting the operator (modeldeploy run)")
-    port = free_port()
-    with (state / "logs" / "operator.log").open("ab") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modeldeploy.cli", "run", f"--liveness=http://127.0.0.1:{port}/healthz"],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            env=cluster.env(),
-            start_new_session=True,
-        )
+    proc = start_operator(cluster.env(), state / "logs" / "operator.log")
     pidfile.write_text(str(proc.pid))
-
-    def operator_live() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"operator exited; see {state / 'logs' / 'operator.log'}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-
-    wait_for("operator liveness", operator_live, timeout=60)
 
     log(f"step 4/5: applying the example models in namespace {NAMESPACE}")
     kubectl("create", "namespace", NAMESPACE)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.localcluster import Binaries, LocalCluster, free_port, wait_for
+from modeldeploy.localcluster import Binaries, LocalCluster, start_operator, stop_process, wait_for
 from tests.standins.hf_hub import HubStandIn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,37 +136,17 @@ def hub() -> Iterator[HubStandIn]:
 def operator_proc(cluster: Cluster, hub: HubStandIn) -> Iterator[subprocess.Popen[bytes]]:
     """`modeldeploy run` against the test cluster, with a fast resync, reading model configs
     from the Hub stand-in."""
-    port = free_port()
-    log_path = cluster.lc.state / "logs" / "operator.log"
     env = {
         **cluster.lc.env(),
         "MODELDEPLOY_RESYNC_SECONDS": "5",
         "MODELDEPLOY_DISCOVERY_RETRY_SECONDS": "1",
         "MODELDEPLOY_HF_ENDPOINT": hub.url,
     }
-    with log_path.open("ab") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modeldeploy.cli", "run", f"--liveness=http://127.0.0.1:{port}/healthz"],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
-
-    def alive() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"operator exited: {log_path.read_text()[-3000:]}")
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-
-    wait_for("operator liveness", alive, timeout=60)
+    proc = start_operator(env, cluster.lc.state / "logs" / "operator.log")
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @pytest.fixture()

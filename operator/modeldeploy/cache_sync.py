@@ -102,13 +102,21 @@ class CacheSync:
     def collect_garbage(self, namespace: str) -> None:
         """Delete caches in `namespace` that no ModelDeployment uses and that are not retained."""
         models = self.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
-        for pvc in self.kube.list("v1", "PersistentVolumeClaim", namespace, cache.CACHE_KEY_LABEL):
-            key = pvc["metadata"]["labels"][cache.CACHE_KEY_LABEL]
-            if not cache.should_delete(pvc, cache.users(models, key)):
-                continue
-            name = pvc["metadata"]["name"]
-            log.info("deleting unused cache %s/%s (retain: false)", namespace, name)
-            job = self.kube.get("batch/v1", "Job", namespace, name)
-            if job is not None:
+        pvcs = {
+            p["metadata"]["labels"][cache.CACHE_KEY_LABEL]: p
+            for p in self.kube.list("v1", "PersistentVolumeClaim", namespace, cache.CACHE_KEY_LABEL)
+        }
+        jobs = {
+            j["metadata"]["labels"][cache.CACHE_KEY_LABEL]: j
+            for j in self.kube.list("batch/v1", "Job", namespace, cache.CACHE_KEY_LABEL)
+        }
+        for key, pvc in pvcs.items():
+            if cache.should_delete(pvc, cache.users(models, key)):
+                log.info("deleting unused cache %s/%s (retain: false)", namespace, pvc["metadata"]["name"])
+                if key in jobs:
+                    self.kube.delete(jobs.pop(key))
+                self.kube.delete(pvc)
+        for key, job in jobs.items():
+            # A Job whose volume is gone (deleted, or never made): nothing can use it.
+            if key not in pvcs and not cache.users(models, key):
                 self.kube.delete(job)
-            self.kube.delete(pvc)

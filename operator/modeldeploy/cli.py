@@ -57,6 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if args.log_level != "debug":
+        # kopf logs every handled watch event at INFO ("Handler ... succeeded"): noise here.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("modeldeploy").setLevel(args.log_level.upper())
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,

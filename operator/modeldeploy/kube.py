@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import threading
 import time
 from typing import Any, cast
 
@@ -42,11 +43,18 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self._missing: dict[tuple[str, str], float] = {}
+        self._discovery = threading.RLock()
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dyn.resources.get(api_version=api_version, kind=kind)
+        # The discovery cache is shared and not thread-safe; handlers run in a thread pool.
+        with self._discovery:
+            return self.dyn.resources.get(api_version=api_version, kind=kind)
 
     def has_kind(self, api_version: str, kind: str) -> bool:
+        with self._discovery:
+            return self._has_kind(api_version, kind)
+
+    def _has_kind(self, api_version: str, kind: str) -> bool:
         try:
             self._resource(api_version, kind)
         except ResourceNotFoundError:

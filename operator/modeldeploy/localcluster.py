@@ -517,6 +517,55 @@ def stop_state_dir(state: Path) -> bool:
     return True
 
 
+def start_operator(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`modeldeploy run ARGS` as its own process, returned once its liveness endpoint answers."""
+    port = free_port()
+    with log_path.open("ab") as logf:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "modeldeploy.cli",
+                "run",
+                *args,
+                f"--liveness=http://127.0.0.1:{port}/healthz",
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def alive() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if alive():
+                return proc
+        except RuntimeError:
+            raise
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"operator not live after 60s; see {log_path}")
+        time.sleep(0.2)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 @contextlib.contextmanager
 def running(state: Path) -> Iterator[LocalCluster]:
     cluster = LocalCluster(state=state, bins=Binaries.locate())

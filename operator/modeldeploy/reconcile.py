@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
 from pydantic import ValidationError
 
 from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, cache, render, status
@@ -45,6 +47,11 @@ _locks_guard = threading.Lock()
 def _lock(namespace: str, name: str) -> threading.Lock:
     with _locks_guard:
         return _locks[(namespace, name)]
+
+
+def _gone(e: ApiException | DynamicApiError) -> bool:
+    body = str(getattr(e, "body", "") or "")
+    return e.status == 404 or (e.status == 403 and "NamespaceTerminating" in body)
 
 
 def spec_error_from_validation(err: ValidationError) -> SpecError:
@@ -89,7 +96,14 @@ class Reconciler:
             body = self.kube.get_model(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
-            self._reconcile(body, apply)
+            try:
+                self._reconcile(body, apply)
+            except (ApiException, DynamicApiError) as e:
+                if _gone(e):
+                    # Deleted (or its namespace is going) while this pass ran: nothing to do.
+                    log.debug("%s/%s went away during reconcile: %s", namespace, name, e.reason)
+                    return
+                raise
 
     def _reconcile(self, body: Obj, apply: bool) -> None:
         meta = body["metadata"]

@@ -312,6 +312,8 @@ def test_operator_with_chart_rbac_reconciles_every_example(
     assert "Handler 'on_model' succeeded" in log, log[-3000:]
     forbidden = [ln for ln in log.splitlines() if "forbidden" in ln.lower() or re.search(r"\b403\b", ln)]
     assert not forbidden, "the operator hit RBAC denials:\n" + "\n".join(forbidden[:20])
+    # Hand the simulated GPUs back before the next test rather than at namespace deletion.
+    cluster.kubectl("delete", "modeldeployments", "--all", "-n", namespace, "--timeout=60s")
 
 
 @pytest.mark.parametrize("mode", ["namespaced", "cluster-wide"])
