@@ -92,8 +92,17 @@ class Kube:
             return None
         return dict(out.to_dict())
 
-    def list(self, api_version: str, kind: str, namespace: str | None, label_selector: str = "") -> list[Obj]:
-        out = self._resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> list[Obj]:
+        out = self._resource(api_version, kind).get(
+            namespace=namespace, label_selector=label_selector, field_selector=field_selector
+        )
         return [dict(i) for i in out.to_dict().get("items", [])]
 
     def delete(self, obj: Obj) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from modeldeploy import catalog, planner, render
@@ -46,13 +47,26 @@ class NodeGpus:
 
 @dataclass(frozen=True)
 class ClusterFacts:
-    """Cluster state the resolution depends on."""
+    """Cluster state the resolution depends on.
 
-    nodes: tuple[NodeGpus, ...] = ()
+    GPU accounting (every node and every bound pod) is the expensive part, and most passes do
+    not need it (no rollout starting, nothing unschedulable), so it is read on first use."""
+
+    gpu_nodes: tuple[NodeGpus, ...] = ()
     existing_template_hash: str = ""
     existing_strategy: tuple[int, int] | None = None  # (maxSurge, maxUnavailable)
     # Offline (render), KEDA is assumed present so the ScaledObject can be previewed.
     keda: bool = True
+    load_nodes: Callable[[], tuple[NodeGpus, ...]] | None = None
+    _loaded: list[tuple[NodeGpus, ...]] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def nodes(self) -> tuple[NodeGpus, ...]:
+        if self.load_nodes is None:
+            return self.gpu_nodes
+        if not self._loaded:
+            self._loaded.append(self.load_nodes())
+        return self._loaded[0]
 
     @classmethod
     def gather(cls, kube: Kube, namespace: str, name: str) -> ClusterFacts:
@@ -64,22 +78,27 @@ class ClusterFacts:
             ru = (dep.get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
             if isinstance(ru.get("maxSurge"), int) and isinstance(ru.get("maxUnavailable"), int):
                 existing_strategy = (ru["maxSurge"], ru["maxUnavailable"])
-        used: dict[str, int] = {}
-        for pod in kube.list("v1", "Pod", None):
-            node = pod.get("spec", {}).get("nodeName")
-            phase = pod.get("status", {}).get("phase")
-            if node and phase not in ("Succeeded", "Failed"):
-                used[node] = used.get(node, 0) + _gpu_request(pod)
-        nodes = []
-        for n in kube.list("v1", "Node", None):
-            alloc = int((n.get("status", {}).get("allocatable") or {}).get(render.GPU_RESOURCE, 0) or 0)
-            if alloc <= 0 or n.get("spec", {}).get("unschedulable"):
-                continue
-            product = (n["metadata"].get("labels") or {}).get(render.GPU_PRODUCT_LABEL, "")
-            name_ = n["metadata"]["name"]
-            nodes.append(NodeGpus(name_, product, alloc, used.get(name_, 0)))
         keda = kube.has_kind("keda.sh/v1alpha1", "ScaledObject")
-        return cls(tuple(sorted(nodes, key=lambda x: x.name)), existing_hash, existing_strategy, keda)
+        return cls((), existing_hash, existing_strategy, keda, load_nodes=lambda: gpu_accounting(kube))
+
+
+def gpu_accounting(kube: Kube) -> tuple[NodeGpus, ...]:
+    """GPU nodes with their allocatable GPUs and what bound, unfinished pods request."""
+    nodes = []
+    for n in kube.list("v1", "Node", None):
+        alloc = int((n.get("status", {}).get("allocatable") or {}).get(render.GPU_RESOURCE, 0) or 0)
+        if alloc <= 0 or n.get("spec", {}).get("unschedulable"):
+            continue
+        product = (n["metadata"].get("labels") or {}).get(render.GPU_PRODUCT_LABEL, "")
+        nodes.append((n["metadata"]["name"], product, alloc))
+    if not nodes:
+        return ()
+    used: dict[str, int] = {}
+    for pod in kube.list("v1", "Pod", None, field_selector="status.phase!=Succeeded,status.phase!=Failed"):
+        node = pod.get("spec", {}).get("nodeName")
+        if node:
+            used[node] = used.get(node, 0) + _gpu_request(pod)
+    return tuple(sorted((NodeGpus(n, p, a, used.get(n, 0)) for n, p, a in nodes), key=lambda x: x.name))
 
 
 def template_hash(dep: Obj) -> str:

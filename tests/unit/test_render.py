@@ -140,9 +140,9 @@ def test_known_flags_cover_owned_flags() -> None:
 def test_surge_only_when_a_gpu_of_the_type_is_free() -> None:
     s = spec(resources={"gpus": 2, "gpuType": "nvidia-h100-80gb"})
     full = ClusterFacts(
-        nodes=(NodeGpus("h", "NVIDIA-H100-80GB-HBM3", 8, 7), NodeGpus("l", "NVIDIA-L4", 8, 0))
+        gpu_nodes=(NodeGpus("h", "NVIDIA-H100-80GB-HBM3", 8, 7), NodeGpus("l", "NVIDIA-L4", 8, 0))
     )
-    free = ClusterFacts(nodes=(NodeGpus("h", "NVIDIA-H100-80GB-HBM3", 8, 6),))
+    free = ClusterFacts(gpu_nodes=(NodeGpus("h", "NVIDIA-H100-80GB-HBM3", 8, 6),))
     assert deployment(s, full)["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     assert deployment(s, free)["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
