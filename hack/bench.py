@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def main() -> int:
         if op is not None:
             stop_process(op)
         cluster.stop()
+        shutil.rmtree(state, ignore_errors=True)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -103,7 +104,7 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
 
 
 @pytest.fixture(scope="session")
-def local_cluster() -> Iterator[LocalCluster]:
+def local_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     try:
         bins = Binaries.locate()
     except FileNotFoundError as e:
@@ -115,6 +116,11 @@ def local_cluster() -> Iterator[LocalCluster]:
         yield lc
     finally:
         lc.stop()
+        # Logs of every component stay behind only when something failed.
+        if request.session.testsfailed == 0:
+            shutil.rmtree(state, ignore_errors=True)
+        else:
+            print(f"\ncontrol-plane and operator logs: {state / 'logs'}")
 
 
 @pytest.fixture(scope="session")
