@@ -36,8 +36,10 @@ unit: setup
 test: setup controlplane lint
 	$(VENV)/bin/pytest tests
 
-crd: setup
+crd: setup controlplane
 	$(VENV)/bin/modeldeploy crd > crds/modeldeploy.dev_modeldeployments.yaml
+	cp crds/modeldeploy.dev_modeldeployments.yaml charts/modeldeploy/crds/
+	bash hack/render-install.sh
 
 bench: setup controlplane
 	$(PY) hack/bench.py

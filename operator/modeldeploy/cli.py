@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     handlers._state["peering"] = args.peering
     namespaces: list[str] = args.namespace or []
-    if len(namespaces) == 1:
-        handlers._state["namespace"] = namespaces[0]
+    handlers._state["namespaces"] = namespaces
     kopf.configure(
         verbose=args.log_level == "debug",
         debug=False,
@@ -67,6 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness or None,
         standalone=not args.peering,
         peering_name="modeldeploy" if args.peering else None,
+        # Peers with equal priority pause each other: give every replica its own.
+        priority=random.randint(1, 10_000) if args.peering else None,
     )
     return 0
 

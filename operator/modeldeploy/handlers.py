@@ -33,7 +33,7 @@ def reconciler() -> Reconciler:
     return rec
 
 
-def configure(settings: kopf.OperatorSettings, peering: bool) -> None:
+def configure(settings: kopf.OperatorSettings, peering: bool, namespaced: bool = False) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -47,26 +47,31 @@ def configure(settings: kopf.OperatorSettings, peering: bool) -> None:
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 8
+    if namespaced:
+        # Fixed namespaces: no need to watch namespaces and CRDs (and no RBAC to do so).
+        settings.scanning.disabled = True
 
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    configure(settings, peering=bool(_state.get("peering", False)))
+    namespaces: list[str] = list(_state.get("namespaces") or [])
+    configure(settings, peering=bool(_state.get("peering", False)), namespaced=bool(namespaces))
     rec = reconciler()
+    scopes: list[str | None] = list(namespaces) or [None]  # None: every namespace
 
     def resync() -> None:
         while not _stop.wait(rec.settings.resync_seconds):
-            try:
-                scope = _state.get("namespace")
-                for body in rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", scope):
-                    meta = body["metadata"]
-                    rec.reconcile(meta["namespace"], meta["name"])
-                # Also catches models deleted while the operator was down (no finalizer).
-                pvcs = rec.kube.list("v1", "PersistentVolumeClaim", scope, cache.CACHE_KEY_LABEL)
-                for ns in sorted({p["metadata"]["namespace"] for p in pvcs}):
-                    rec.caches.collect_garbage(ns)
-            except Exception:
-                log.exception("periodic resync failed; will retry")
+            for scope in scopes:
+                try:
+                    for body in rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", scope):
+                        meta = body["metadata"]
+                        rec.reconcile(meta["namespace"], meta["name"])
+                    # Also catches models deleted while the operator was down (no finalizer).
+                    pvcs = rec.kube.list("v1", "PersistentVolumeClaim", scope, cache.CACHE_KEY_LABEL)
+                    for ns in sorted({p["metadata"]["namespace"] for p in pvcs}):
+                        rec.caches.collect_garbage(ns)
+                except Exception:
+                    log.exception("periodic resync of %s failed; will retry", scope or "all namespaces")
 
     threading.Thread(target=resync, name="modeldeploy-resync", daemon=True).start()
 

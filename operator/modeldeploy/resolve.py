@@ -11,6 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
+
 from modeldeploy import catalog, planner, render
 from modeldeploy.api import AutoscalingEngine, ModelArchitecture, ModelDeploymentSpec, PlanStatus, Quantize
 from modeldeploy.catalog import GpuType
@@ -94,7 +97,15 @@ def gpu_accounting(kube: Kube) -> tuple[NodeGpus, ...]:
     if not nodes:
         return ()
     used: dict[str, int] = {}
-    for pod in kube.list("v1", "Pod", None, field_selector="status.phase!=Succeeded,status.phase!=Failed"):
+    try:
+        pods = kube.list("v1", "Pod", None, field_selector="status.phase!=Succeeded,status.phase!=Failed")
+    except (ApiException, DynamicApiError) as e:
+        if e.status != 403:
+            raise
+        # Not allowed to see other namespaces' pods: assume every GPU is taken, so rollouts
+        # replace in place rather than surge into a GPU that may be in use.
+        return tuple(NodeGpus(n, p, a, a) for n, p, a in sorted(nodes))
+    for pod in pods:
         node = pod.get("spec", {}).get("nodeName")
         if node:
             used[node] = used.get(node, 0) + _gpu_request(pod)

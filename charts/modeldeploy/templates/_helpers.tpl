@@ -112,8 +112,8 @@ into the cluster-wide ClusterRole and into each watched namespace's Role.
 {{- end }}
 
 {{/*
-Cluster-scoped reads every mode needs: GPU nodes, StorageClasses (the weight cache checks that
-its claim's class exists, or that there is a default one), and CRD discovery by kopf.
+Cluster-scoped reads every mode needs: GPU nodes, and StorageClasses (the weight cache checks
+that its claim's class exists, or that there is a default one).
 */}}
 {{- define "modeldeploy.clusterRules" -}}
 - apiGroups: [""]
@@ -122,9 +122,6 @@ its claim's class exists, or that there is a default one), and CRD discovery by 
 - apiGroups: ["storage.k8s.io"]
   resources: ["storageclasses"]
   verbs: ["get", "list"]
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
 {{- end }}
 
 {{/* The operator's command-line arguments. */}}
