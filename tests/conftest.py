@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.localcluster import Binaries, LocalCluster, start_operator, stop_process, wait_for
+from modeldeploy.localcluster import Binaries, LocalCluster, free_port, start_operator, stop_process, wait_for
 from tests.standins.hf_hub import HubStandIn
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "modeldeploy.dev_modeldeployments.yaml"
+OPERATOR_METRICS_PORT = free_port()
 
 
 class Cluster:
@@ -148,7 +149,7 @@ def operator_proc(cluster: Cluster, hub: HubStandIn) -> Iterator[subprocess.Pope
         "MODELDEPLOY_DISCOVERY_RETRY_SECONDS": "1",
         "MODELDEPLOY_HF_ENDPOINT": hub.url,
     }
-    proc = start_operator(env, cluster.lc.state / "logs" / "operator.log")
+    proc = start_operator(env, cluster.lc.state / "logs" / "operator.log", metrics_port=OPERATOR_METRICS_PORT)
     try:
         yield proc
     finally:

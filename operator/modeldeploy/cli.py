@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from modeldeploy import KIND, render
+from modeldeploy import KIND, metrics, render
 from modeldeploy.api import ModelDeploymentSpec
 from modeldeploy.errors import SpecError
 from modeldeploy.reconcile import spec_error_from_validation
@@ -50,6 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     handlers._state["peering"] = args.peering
     namespaces: list[str] = args.namespace or []
     handlers._state["namespaces"] = namespaces
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
     kopf.configure(
         verbose=args.log_level == "debug",
         debug=False,
@@ -147,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--log-format", choices=["plain", "json"], default=os.environ.get("MODELDEPLOY_LOG_FORMAT", "plain")
+    )
+    run.add_argument(
+        "--metrics-port", type=int, default=8081, help="port for Prometheus metrics at /metrics (0 = off)"
     )
     run.add_argument(
         "--peering", action="store_true", help="kopf peering: one active replica, others standby"

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from modeldeploy import GROUP, PLURAL, VERSION, cache, render
+from modeldeploy import GROUP, PLURAL, VERSION, cache, metrics, render
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Reconciler, owner_of
 from modeldeploy.settings import Settings
@@ -113,9 +113,10 @@ def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def on_model_event(type: str, namespace: str | None, **_: Any) -> None:
+def on_model_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
     # A deleted model may leave a cache nobody uses; deletion needs no finalizer for this.
     if type == "DELETED" and namespace:
+        metrics.forget(namespace, name)
         reconciler().caches.collect_garbage(namespace)
 
 

@@ -517,9 +517,13 @@ def stop_state_dir(state: Path) -> bool:
     return True
 
 
-def start_operator(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    """`modeldeploy run ARGS` as its own process, returned once its liveness endpoint answers."""
+def start_operator(
+    env: dict[str, str], log_path: Path, *args: str, metrics_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    """`modeldeploy run ARGS` as its own process, returned once its liveness endpoint answers.
+    Its ports are free ones, so several operators can run side by side."""
     port = free_port()
+    metrics = f"--metrics-port={metrics_port or free_port()}"
     with log_path.open("ab") as logf:
         proc = subprocess.Popen(
             [
@@ -529,6 +533,7 @@ def start_operator(env: dict[str, str], log_path: Path, *args: str) -> subproces
                 "run",
                 *args,
                 f"--liveness=http://127.0.0.1:{port}/healthz",
+                metrics,
             ],
             stdout=logf,
             stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 from pydantic import ValidationError
 
-from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, cache, render, status
+from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, cache, metrics, render, status
 from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy.cache_sync import CacheSync
 from modeldeploy.errors import SpecError
@@ -96,16 +97,21 @@ class Reconciler:
             body = self.kube.get_model(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
+            started = time.perf_counter()
             try:
-                self._reconcile(body, apply)
+                outcome = self._reconcile(body, apply)
             except (ApiException, DynamicApiError) as e:
                 if _gone(e):
                     # Deleted (or its namespace is going) while this pass ran: nothing to do.
                     log.debug("%s/%s went away during reconcile: %s", namespace, name, e.reason)
+                    metrics.forget(namespace, name)
                     return
+                metrics.RECONCILES.labels("error").inc()
                 raise
+            metrics.RECONCILES.labels(outcome).inc()
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
-    def _reconcile(self, body: Obj, apply: bool) -> None:
+    def _reconcile(self, body: Obj, apply: bool) -> str:
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         generation = int(meta.get("generation", 1))
@@ -192,6 +198,8 @@ class Reconciler:
             self.kube.patch_status(namespace, name, new_raw)
         for t in status.transitions(prior, new):
             self._event(body, t)
+        metrics.record_conditions(namespace, name, [(c.type, c.status) for c in new.conditions])
+        return "refused" if error is not None else "ok"
 
     def _read_arch(self, spec: ModelDeploymentSpec) -> ModelArchitecture | None:
         """Facts from the model's config.json when neither spec nor catalog has them."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from kubernetes import config
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Reconciler
 from modeldeploy.settings import Settings
-from tests.conftest import REPO, Cluster, condition
+from tests.conftest import OPERATOR_METRICS_PORT, REPO, Cluster, condition
 
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
 
@@ -354,3 +355,20 @@ def test_model_outside_catalog_is_planned_from_its_config(
     plan = obj["status"]["plan"]
     assert plan["gpusPerReplica"] == 1 and plan["gpuType"] == "nvidia-l4"
     assert plan["estimatedGiBPerGpu"] > 0
+
+
+def test_operator_exports_prometheus_metrics(cluster: Cluster, namespace: str, operator: Any) -> None:
+    cluster.apply(model("watched", resources={"gpus": 1, "gpuType": "nvidia-h100-80gb"}), namespace)
+    wait_ready(cluster, namespace, "watched")
+    labels = f'name="watched",namespace="{namespace}",status="True",type="Ready"'
+    ready = f"modeldeploy_model_condition{{{labels}}} 1.0"
+
+    def scraped() -> str | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{OPERATOR_METRICS_PORT}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return text if ready in text else None
+
+    text = cluster.wait("metrics show the model Ready", scraped)
+    ok = [ln for ln in text.splitlines() if ln.startswith('modeldeploy_reconcile_total{outcome="ok"}')]
+    assert ok and float(ok[0].split()[-1]) >= 1
+    assert "modeldeploy_reconcile_duration_seconds_bucket" in text

@@ -178,10 +178,14 @@ def test_default_render(tmp_path: Path) -> None:
     assert c["args"] == [
         "run",
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--metrics-port=8081",
         "--log-format=plain",
         "--log-level=info",
     ]
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["resources"]["requests"] and c["resources"]["limits"]
     # Settings left at the operator's defaults are not passed at all.
@@ -355,7 +359,7 @@ def test_metrics_service_and_service_monitor(tmp_path: Path) -> None:
     svc = one(docs, "Service")
     selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["selector"] == selector
-    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     sm = one(docs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
     assert all(svc["metadata"]["labels"][k] == v for k, v in sm["spec"]["selector"]["matchLabels"].items())

@@ -128,6 +128,7 @@ that its claim's class exists, or that there is a default one).
 {{- define "modeldeploy.args" -}}
 - run
 - --liveness=http://0.0.0.0:8080/healthz
+- --metrics-port=8081
 - --log-format={{ .Values.logFormat }}
 - --log-level={{ .Values.logLevel }}
 {{- range .Values.watchNamespaces }}
