@@ -14,6 +14,7 @@ from modeldeploy.localcluster import Binaries, LocalCluster, log, start_operator
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "models"
+OPERATOR_NAMESPACE = "modeldeploy-system"
 
 
 def main() -> int:
@@ -30,12 +31,12 @@ def main() -> int:
     stop_state_dir(state)
 
     started = time.monotonic()
-    log("step 1/5: starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK)")
+    log("step 1/6: starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK)")
     cluster = LocalCluster(state=state, bins=Binaries.locate())
     cluster.start()
     kubectl = cluster.kubectl
 
-    log("step 2/5: installing the ModelDeployment CRD")
+    log("step 2/6: installing the ModelDeployment CRD")
     kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "modeldeploy.dev_modeldeployments.yaml"))
 
     def established() -> bool:
@@ -45,11 +46,25 @@ def main() -> int:
 
     wait_for("CRD Established", established, timeout=60)
 
-    log("step 3/5: starting the operator (modeldeploy run)")
-    proc = start_operator(cluster.env(), state / "logs" / "operator.log")
+    log("step 3/6: installing the Helm chart (ServiceAccount, least-privilege RBAC, operator Deployment)")
+    # There is no image to run here: KWOK only simulates the chart's operator pod. The operator
+    # that does the work runs locally, authenticated as the chart's ServiceAccount, so the demo
+    # also shows the chart's RBAC is enough.
+    res = subprocess.run(
+        [str(cluster.bins.helm), "install", "modeldeploy", str(REPO / "charts" / "modeldeploy"),
+         "--namespace", OPERATOR_NAMESPACE, "--create-namespace", "--skip-crds", "--wait", "--timeout=120s"],
+        env=cluster.env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if res.returncode != 0:
+        raise SystemExit(f"helm install failed:\n{res.stderr}")
+    log("step 4/6: starting the operator as the chart's ServiceAccount (modeldeploy run)")
+    sa_config = cluster.service_account_kubeconfig(
+        OPERATOR_NAMESPACE, "modeldeploy", state / "operator.kubeconfig"
+    )
+    proc = start_operator({**cluster.env(), "KUBECONFIG": str(sa_config)}, state / "logs" / "operator.log")
     pidfile.write_text(str(proc.pid))
 
-    log(f"step 4/5: applying the example models in namespace {NAMESPACE}")
+    log(f"step 5/6: applying the example models in namespace {NAMESPACE}")
     kubectl("create", "namespace", NAMESPACE)
     # The gated Llama example reads its token from this Secret (a placeholder here).
     kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE, "--from-literal=token=placeholder")
@@ -58,7 +73,7 @@ def main() -> int:
         kubectl("apply", "-n", NAMESPACE, "-f", str(path))
         log(f"  applied {path.name}")
 
-    log("step 5/5: waiting until every model is Ready or says why not")
+    log("step 6/6: waiting until every model is Ready or says why not")
     deadline = time.monotonic() + args.timeout
     last = ""
     waiting: dict[str, str] = {}

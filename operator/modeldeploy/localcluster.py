@@ -473,6 +473,14 @@ class LocalCluster:
         self.kubectl("apply", "--server-side", "--field-manager=localcluster", "-f", "-",
                      stdin=yaml.safe_dump_all(objs))  # fmt: skip
 
+    def service_account_kubeconfig(self, namespace: str, service_account: str, path: Path) -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount (a TokenRequest API token)."""
+        token = self.kubectl("create", "token", service_account, "-n", namespace, "--duration=24h").strip()
+        cfg = kubeconfig(self.server, self.state / "pki" / "ca.crt", token)
+        cfg["contexts"][0]["context"]["namespace"] = namespace
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
     def stop(self) -> None:
         # Reverse start order, each reaped before the next: an apiserver whose etcd is already
         # gone hangs in its graceful shutdown.

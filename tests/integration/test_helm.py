@@ -191,19 +191,7 @@ def test_restricted_namespace_admits_the_operator_pod(
 
 
 def sa_kubeconfig(cluster: Cluster, namespace: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", SA, "-n", namespace, "--duration=1h").stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {
-            "server": cluster.lc.server, "certificate-authority": str(cluster.lc.state / "pki" / "ca.crt"),
-        }}],
-        "users": [{"name": SA, "user": {"token": token}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": SA, "namespace": namespace}}],
-        "current-context": "local",
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return cluster.lc.service_account_kubeconfig(namespace, SA, path)
 
 
 @pytest.fixture()
