@@ -490,8 +490,12 @@ def cache_status(
     prefetch: bool = True,
     storage_class_exists: bool | None = None,
     events: Sequence[Obj] = (),
+    progress: str = "",
 ) -> CacheVerdict:
     """Where the cache stands, from what the operator observed.
+
+    progress: the prefetch program's latest progress line ("7.2 GiB of 14.5 GiB (50%) ..."),
+        read from the running pod's log; shown while Downloading.
 
     pods: the Job's pods (label selector_string(key)); their termination messages carry the
         resolved commit and the failure details.
@@ -561,6 +565,8 @@ def cache_status(
         msg = f"waiting for volume {claim} to be provisioned"
         return _verdict(claim, "Pending", Reason.provisioning, msg)
     msg = f"downloading {model}@{rev} into {claim}"
+    if progress:
+        msg += f": {progress}"
     failed = int((job.get("status") or {}).get("failed") or 0)
     if failed:
         _, summary = _failure(job, pods)

@@ -88,7 +88,22 @@ class CacheSync:
             prefetch=spec.cache.prefetch,
             storage_class_exists=self._storage_class_exists(sc_name),
             events=events,
+            progress=self._progress(namespace, pods),
         )
+
+    def _progress(self, namespace: str, pods: list[Obj]) -> str:
+        """The last progress line the running prefetch pod printed (best effort)."""
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        if not running:
+            return ""
+        try:
+            tail = self.kube.pod_log_tail(namespace, running[-1]["metadata"]["name"], cache.CONTAINER, 20)
+        except Exception:  # logs are a nicety: no kubelet, no permission, pod just gone ...
+            return ""
+        lines = [
+            ln.removeprefix("progress:").strip() for ln in tail.splitlines() if ln.startswith("progress:")
+        ]
+        return lines[-1] if lines else ""
 
     def _storage_class_exists(self, name: str | None) -> bool:
         if name:

@@ -131,6 +131,12 @@ class Kube:
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
 
+    def pod_log_tail(self, namespace: str, name: str, container: str, lines: int) -> str:
+        out = self.core.read_namespaced_pod_log(
+            name, namespace, container=container, tail_lines=lines, _request_timeout=5
+        )
+        return str(out)
+
     def event(self, owner: Obj, type_: str, reason: str, message: str) -> None:
         meta = owner["metadata"]
         ts = now_rfc3339()

@@ -356,6 +356,11 @@ STATUS_CASES: list[tuple[str, Obj, str, str, str]] = [
         "Downloading", "Downloading", f"downloading {MODEL}@main into {CLAIM}",
     ),
     (
+        "downloading, with progress from the pod's log",
+        {"pvc": pvc(), "job": job(), "pods": [running()], "progress": "7.2 GiB of 14.5 GiB (50%), 98.1 MB/s"},
+        "Downloading", "Downloading", f"into {CLAIM}: 7.2 GiB of 14.5 GiB (50%)",
+    ),
+    (
         "downloading, second attempt",
         {"pvc": pvc(), "job": job(failed=1), "pods": [ended(13, message="connection reset"), running(1)]},
         "Downloading", "Downloading", "attempt 2 of 4; last error: connection reset",

@@ -41,6 +41,7 @@ NAMESPACED_GRANTS: dict[tuple[str, str], set[str]] = {
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get"},
     ("", "events"): {"create", "patch", "list"},
 }
 CLUSTER_GRANTS: dict[tuple[str, str], set[str]] = {

@@ -104,6 +104,10 @@ into the cluster-wide ClusterRole and into each watched namespace's Role.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# The prefetch pod's log: its last progress line goes into status.cache.message.
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Events: posted by the operator and kopf; listed by the weight cache to report why its
 # PersistentVolumeClaim is not bound.
 - apiGroups: [""]
