@@ -336,6 +336,14 @@ def _terminated(pod: Obj) -> Obj | None:
     return None
 
 
+def prefetch_summary(pod: Obj) -> Obj:
+    """The summary a finished prefetch pod left in its termination message ({} if none)."""
+    state = _terminated(pod)
+    if not state or state.get("exitCode") != 0:
+        return {}
+    return termination_summary(str(state.get("message") or ""))
+
+
 def termination_summary(message: str) -> Obj:
     """The prefetch program's JSON summary from a termination message (or the log tail)."""
     text = (message or "").strip()

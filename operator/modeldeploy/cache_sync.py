@@ -5,11 +5,12 @@ pure functions in `cache.py`."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modeldeploy import GROUP, VERSION, cache
 from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec
+from modeldeploy.hubfacts import parse_config
 from modeldeploy.kube import Kube
 from modeldeploy.settings import Settings
 
@@ -21,6 +22,8 @@ Obj = dict[str, Any]
 class CacheSync:
     kube: Kube
     settings: Settings
+    # Facts per cache key: a (model, revision) never changes shape.
+    _facts: dict[str, ModelArchitecture] = field(default_factory=dict)
 
     def ensure(
         self,
@@ -104,6 +107,25 @@ class CacheSync:
             ln.removeprefix("progress:").strip() for ln in tail.splitlines() if ln.startswith("progress:")
         ]
         return lines[-1] if lines else ""
+
+    def prefetched_architecture(
+        self, namespace: str, model_id: str, spec: ModelDeploymentSpec
+    ) -> ModelArchitecture | None:
+        """Planner facts the finished prefetch reported in its termination message."""
+        key = cache.cache_key(model_id, spec.model.revision)
+        if key in self._facts:
+            return self._facts[key]
+        for pod in self.kube.list("v1", "Pod", namespace, cache.selector_string(key)):
+            raw = cache.prefetch_summary(pod).get("architecture")
+            if not isinstance(raw, dict) or not raw.get("parameters"):
+                continue
+            try:
+                arch = parse_config(raw, float(raw["parameters"]))
+            except ValueError:
+                return None
+            self._facts[key] = arch
+            return arch
+        return None
 
     def _storage_class_exists(self, name: str | None) -> bool:
         if name:

@@ -40,7 +40,7 @@ def parse_config(cfg: Mapping[str, Any], parameters: float) -> ModelArchitecture
     kv = _first(cfg, "num_key_value_heads", "num_kv_heads", "n_head_kv") or heads
     if cfg.get("multi_query") and not cfg.get("new_decoder_architecture"):
         kv = 1  # Falcon-7B style multi-query attention
-    quant = (cfg.get("quantization_config") or {}).get("quant_method")
+    quant = (cfg.get("quantization_config") or {}).get("quant_method") or cfg.get("quant_method")
     dtype = cfg.get("torch_dtype") or cfg.get("dtype")
     facts: dict[str, Any] = {
         "parametersBillions": parameters / 1e9,
@@ -132,7 +132,7 @@ class HubFacts:
 
     def _read(self, model_id: str, revision: str) -> ModelArchitecture:
         cfg = json.loads(self._get(self._file(model_id, revision, "config.json")))
-        quant = (cfg.get("quantization_config") or {}).get("quant_method")
+        quant = (cfg.get("quantization_config") or {}).get("quant_method") or cfg.get("quant_method")
         packed = quant in ("awq", "gptq", "marlin")
         try:
             index = json.loads(self._get(self._file(model_id, revision, "model.safetensors.index.json")))

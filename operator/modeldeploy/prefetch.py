@@ -36,6 +36,7 @@ import fnmatch
 import json
 import os
 import shutil
+import struct
 import sys
 import threading
 import time
@@ -338,7 +339,61 @@ def fetch(model_id: str, revision: str, cache_key: str, progress_seconds: float)
         f"done: {model_id}@{revision} = {commit}, {len(fetched)} files, {_gib(size)} in {secs:.0f} s",
         flush=True,
     )
-    return {"commit": commit, "bytes": size, "files": len(fetched), "format": fmt}
+    summary: dict[str, Any] = {"commit": commit, "bytes": size, "files": len(fetched), "format": fmt}
+    facts = architecture(folder, fetched)
+    if facts:
+        summary["architecture"] = facts
+    return summary
+
+
+# config.json keys the operator's planner reads (names differ by model family).
+CONFIG_KEYS = (
+    "num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd", "d_model",
+    "num_attention_heads", "n_head", "num_heads", "num_key_value_heads", "num_kv_heads", "n_head_kv",
+    "multi_query", "new_decoder_architecture", "head_dim", "max_position_embeddings", "n_positions",
+    "max_sequence_length", "torch_dtype", "dtype",
+)  # fmt: skip
+
+
+def _header(path: str) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        # The format caps its header at 100 MB; anything else is not a safetensors file.
+        if length > min(os.path.getsize(path) - 8, 100 * 1024 * 1024):
+            raise ValueError(f"{path}: not a safetensors header")
+        parsed: dict[str, Any] = json.loads(f.read(length))
+    return parsed
+
+
+def architecture(folder: str, files: Sequence[str]) -> dict[str, Any]:
+    """The planner's inputs from the downloaded files: the config keys it reads and the parameter
+    count from the safetensors headers (a few hundred bytes, so it fits the termination log).
+    Read here because the Job has the token: gated models get planned too."""
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            cfg = json.load(f)
+        quant = (cfg.get("quantization_config") or {}).get("quant_method")
+        packed = quant in ("awq", "gptq", "marlin")
+        params = 0
+        for name in files:
+            if not name.endswith(".safetensors"):
+                continue
+            for key, info in _header(os.path.join(folder, name)).items():
+                if key == "__metadata__":
+                    continue
+                n = 1
+                for d in info["shape"]:
+                    n *= int(d)
+                params += n * (8 if packed and info.get("dtype") == "I32" else 1)
+    except (OSError, ValueError, KeyError, struct.error):
+        return {}
+    if not params:
+        return {}
+    out: dict[str, Any] = {k: cfg[k] for k in CONFIG_KEYS if k in cfg}
+    if quant:
+        out["quant_method"] = quant
+    out["parameters"] = params
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -136,6 +136,12 @@ class Reconciler:
                 verdict = self.caches.ensure(
                     namespace, spec, resolved.model_id, arch, resolved.image, render.affinity(resolved)
                 )
+                if verdict.ready and arch is None:
+                    # Facts the prefetch read from the downloaded files (gated models too, as the
+                    # Job has the token): plan now, before any serving pod exists.
+                    prefetched = self.caches.prefetched_architecture(namespace, resolved.model_id, spec)
+                    if prefetched is not None:
+                        resolved, plan = resolve(spec, self.settings, facts, prefetched)
                 if verdict.ready:
                     # Without prefetch the first pod fills the volume, so it must write and go online.
                     mount = render.CacheMount(verdict.status.claim_name, prefetched=spec.cache.prefetch)

@@ -152,3 +152,21 @@ def test_revision_change_makes_new_cache_and_releases_old(
     assert obj["status"]["cache"]["claimName"] != old["metadata"]["name"]
     cluster.wait("old cache released", lambda: old["metadata"]["uid"] not in
                  [p["metadata"]["uid"] for p in pvcs(cluster, namespace)], timeout=60)  # fmt: skip
+
+
+def test_model_is_planned_from_facts_the_prefetch_read(
+    cluster: Cluster, namespace: str, operator: Any
+) -> None:
+    # Not in the catalog and not on the Hub stand-in: only the finished prefetch knows its shape
+    # (as for a gated model, whose token only the Job has).
+    body = cached("learned", model_id="example-org/prefetched-model", size="20Gi")
+    body["spec"]["resources"] = {"gpus": "auto", "gpuType": "nvidia-h100-80gb"}
+    cluster.apply(body, namespace)
+    obj = wait_ready(cluster, namespace, "learned")
+    plan = obj["status"]["plan"]
+    assert plan["gpusPerReplica"] == 1 and plan["gpuType"] == "nvidia-h100-80gb"
+    # 7.24e9 params x 2 bytes = 13.5 GiB of weights alone, so the estimate is at least that.
+    assert plan["estimatedGiBPerGpu"] > 13.5
+    (pod,) = cluster.list("pods", namespace, "modeldeploy.dev/name=learned")
+    args = pod["spec"]["containers"][0]["args"]
+    assert "--max-total-tokens" in args  # the planned context went to TGI

@@ -32,6 +32,10 @@ SECRET = SecretKeyRef(name="hf-token", key="token")
 CONFIG = RepoFile("config.json", b"{}\n")
 
 
+# Counted by hand from tiny_model_files(): see tests/unit/test_hubfacts.py.
+TINY_PARAMS = 2 * 256 * 64 + 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64 + 2 * 64) + 64
+
+
 def lfs(name: str, size: int) -> RepoFile:
     return RepoFile(name, os.urandom(size), lfs=True)
 
@@ -150,12 +154,17 @@ def test_download_gives_the_hub_cache_layout(hub: HubStandIn, tmp_path: Path) ->
     assert marker["commit"] == repo.sha
     assert marker["bytes"] == size
     assert sorted(marker["files"]) == sorted(EXPECTED_FILES)
+    facts = run.summary.pop("architecture")
     assert run.summary == {
         "commit": repo.sha,
         "bytes": size,
         "files": len(EXPECTED_FILES),
         "format": "safetensors",
     }
+    # The planner's inputs, read from the downloaded files (so gated models are planned too).
+    assert facts["parameters"] == TINY_PARAMS
+    assert (facts["num_hidden_layers"], facts["hidden_size"], facts["num_key_value_heads"]) == (2, 64, 2)
+    assert len(json.dumps(facts)) < 1024  # the termination message keeps 4096 bytes in all
     assert f"= {repo.sha}" in run.stdout
 
     # What the operator makes of that pod: Ready at the resolved commit.
