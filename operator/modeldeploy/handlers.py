@@ -129,5 +129,9 @@ def on_cache(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
     rec = reconciler()
     key = labels.get(cache.CACHE_KEY_LABEL, "")
     models = rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
-    for name in cache.users(models, key):
+    users = cache.users(models, key)
+    for name in users:
         rec.reconcile(namespace, name)
+    if not users:
+        # A volume or Job nobody uses (e.g. re-created by a pass that raced a deletion).
+        rec.caches.collect_garbage(namespace)

@@ -216,7 +216,7 @@ class Reconciler:
             return self.hub.read(model_id, spec.model.revision)
         except FactsUnavailableError as e:
             # Gated, private or unreachable: serve as asked, without a plan.
-            log.info("no architecture facts for %s: %s", model_id, e)
+            log.debug("no architecture facts for %s: %s", model_id, e)
             return None
 
     def _hand_over_replicas(self, namespace: str, name: str) -> None:

@@ -167,6 +167,9 @@ def compute(
             conds.append(_cond("Ready", "False", reason, f"weight cache {cv.status.phase}: {cv.message}"))
         elif desired == 0 and done:
             conds.append(_cond("Ready", "True", "ScaledToZero", "scaled to zero replicas"))
+        elif fatal is not None:
+            # The pods say so before the Deployment's ready count catches up.
+            conds.append(_cond("Ready", "False", fatal.reason, f"{counts}; {fatal.message}"))
         elif ready >= desired > 0:
             conds.append(_cond("Ready", "True", "Available", f"{counts}; serving at {endpoint}"))
         elif problems:

@@ -102,3 +102,10 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     )
     assert broken.conditions[0].last_transition_time == "T3"
     assert {t.type for t in status.transitions(second, broken)} == {"Ready", "Reconciling"}
+
+
+def test_fatal_pod_cause_wins_over_a_lagging_ready_count() -> None:
+    crash = pod(state={"waiting": {"reason": "ImagePullBackOff", "message": "denied"}})
+    conds = compute(status.Observed(1, dep(1, 1, 1), [crash]))
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "ImagePullBackOff"
+    assert conds["Stalled"]["reason"] == "ImagePullBackOff"
