@@ -48,6 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from modeldeploy import handlers
 
     handlers._state["peering"] = args.peering
+    # Peers with equal priority pause each other: give every replica its own.
+    priority = random.randint(1, 10_000)
+    handlers._state["priority"] = priority
     namespaces: list[str] = args.namespace or []
     handlers._state["namespaces"] = namespaces
     if args.metrics_port:
@@ -69,8 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness or None,
         standalone=not args.peering,
         peering_name="modeldeploy" if args.peering else None,
-        # Peers with equal priority pause each other: give every replica its own.
-        priority=random.randint(1, 10_000) if args.peering else None,
+        priority=priority if args.peering else None,
     )
     return 0
 

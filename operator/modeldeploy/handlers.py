@@ -8,13 +8,14 @@ references); the periodic resync is a plain loop instead of a timer.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import Any
 
 import kopf
 
-from modeldeploy import GROUP, PLURAL, VERSION, cache, metrics, render
+from modeldeploy import GROUP, PLURAL, VERSION, cache, metrics, peering, render
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Reconciler, owner_of
 from modeldeploy.settings import Settings
@@ -59,10 +60,23 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     rec = reconciler()
     scopes: list[str | None] = list(namespaces) or [None]  # None: every namespace
 
+    def active(scope: str | None) -> bool:
+        """Under peering, only the replica kopf lets work does the resync too."""
+        if not _state.get("peering"):
+            return True
+        if scope is None:
+            body = rec.kube.get("kopf.dev/v1", "ClusterKopfPeering", None, "modeldeploy")
+        else:
+            body = rec.kube.get("kopf.dev/v1", "KopfPeering", scope, "modeldeploy")
+        now = dt.datetime.now(dt.UTC)
+        return peering.is_active((body or {}).get("status"), int(_state.get("priority", 0)), now)
+
     def resync() -> None:
         while not _stop.wait(rec.settings.resync_seconds):
             for scope in scopes:
                 try:
+                    if not active(scope):
+                        continue
                     for body in rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", scope):
                         meta = body["metadata"]
                         rec.reconcile(meta["namespace"], meta["name"])
