@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,7 +170,3 @@ def operator(operator_proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
     if operator_proc.poll() is not None:
         pytest.fail("operator process died")
     return operator_proc
-
-
-def now() -> float:
-    return time.monotonic()

@@ -51,7 +51,7 @@ class CacheSync:
         retain = cache.desired_retain(models, key)
         if retain is not None:
             pvc["metadata"]["annotations"][cache.RETAIN_ANNOTATION] = "true" if retain else "false"
-        self.kube.apply(pvc)
+        pvc_obj = self.kube.apply(pvc)
 
         job_obj: Obj | None = None
         pods: list[Obj] = []
@@ -75,14 +75,13 @@ class CacheSync:
                 job_obj = self.kube.apply(job)
             pods = self.kube.list("v1", "Pod", namespace, cache.selector_string(key))
 
-        pvc_obj = self.kube.get("v1", "PersistentVolumeClaim", namespace, claim)
-        sc_name = (pvc_obj or pvc)["spec"].get("storageClassName")
-        events = [
-            e
-            for e in self.kube.list("v1", "Event", namespace)
-            if (e.get("involvedObject") or {}).get("name") == claim
-            and (e.get("involvedObject") or {}).get("kind") == "PersistentVolumeClaim"
-        ]
+        sc_name = pvc_obj["spec"].get("storageClassName")
+        events = self.kube.list(
+            "v1",
+            "Event",
+            namespace,
+            field_selector=f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim}",
+        )
         return cache.cache_status(
             claim,
             pvc_obj,

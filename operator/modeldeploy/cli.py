@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +22,24 @@ from modeldeploy.resolve import ClusterFacts, model_facts, plan_model, resolve
 from modeldeploy.settings import Settings
 
 
-def _load_models(path: str) -> list[dict[str, Any]]:
+def _load_models(path: str) -> Iterator[tuple[str, str, ModelDeploymentSpec]]:
+    """(name, namespace, validated spec) of each ModelDeployment in the file ('-' = stdin)."""
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") == KIND]
+    for doc in yaml.safe_load_all(text):
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            continue
+        meta = doc.get("metadata") or {}
+        try:
+            spec = ModelDeploymentSpec.model_validate(doc.get("spec") or {})
+        except ValidationError as e:
+            raise spec_error_from_validation(e) from e
+        yield meta.get("name", ""), meta.get("namespace", "default"), spec
 
 
 def render_file(path: str, settings: Settings) -> str:
     """The children the operator would apply for each ModelDeployment in the file."""
     out: list[dict[str, Any]] = []
-    for doc in _load_models(path):
-        meta = doc.get("metadata") or {}
-        name, namespace = meta.get("name", ""), meta.get("namespace", "default")
-        try:
-            spec = ModelDeploymentSpec.model_validate(doc.get("spec") or {})
-        except ValidationError as e:
-            raise spec_error_from_validation(e) from e
+    for name, namespace, spec in _load_models(path):
         # Offline: no cluster facts, so the rollout strategy is the no-free-GPU one.
         resolved, _ = resolve(spec, settings, ClusterFacts())
         out += render.render(name, namespace, spec, resolved, owner=None)
@@ -89,15 +93,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 def plan_table(path: str, gpu_type: str | None, settings: Settings) -> str:
     """The planner's table for each ModelDeployment in the file: every shard count considered."""
     lines: list[str] = []
-    for doc in _load_models(path):
-        name = (doc.get("metadata") or {}).get("name", "")
-        try:
-            spec = ModelDeploymentSpec.model_validate(doc.get("spec") or {})
-        except ValidationError as e:
-            raise spec_error_from_validation(e) from e
+    for name, _, asked in _load_models(path):
+        spec = asked
         if gpu_type:
-            spec = spec.model_copy(
-                update={"resources": spec.resources.model_copy(update={"gpu_type": gpu_type})}
+            spec = asked.model_copy(
+                update={"resources": asked.resources.model_copy(update={"gpu_type": gpu_type})}
             )
         model_id, arch = model_facts(spec)
         if arch is None:

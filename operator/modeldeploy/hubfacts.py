@@ -20,6 +20,7 @@ from typing import Any
 
 from modeldeploy.api import Dtype, ModelArchitecture, Quantize
 from modeldeploy.planner import weight_bytes_per_parameter
+from modeldeploy.prefetch import PACKED_4BIT, count_parameters
 
 # Bytes per element of the safetensors dtypes a checkpoint uses.
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -58,21 +59,6 @@ def parse_config(cfg: Mapping[str, Any], parameters: float) -> ModelArchitecture
     if quant in {q.value for q in Quantize}:
         facts["quantization"] = quant
     return ModelArchitecture.model_validate(facts)
-
-
-def parameters_from_header(header: Mapping[str, Any], packed_4bit: bool = False) -> int:
-    """Parameter count from a safetensors header (tensor name -> dtype, shape).
-
-    AWQ/GPTQ checkpoints pack eight 4-bit weights into each int32 element."""
-    total = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        n = 1
-        for d in info["shape"]:
-            n *= int(d)
-        total += n * (8 if packed_4bit and info.get("dtype") == "I32" else 1)
-    return total
 
 
 def parameters_from_index(index: Mapping[str, Any], bytes_per_parameter: float) -> float:
@@ -133,14 +119,14 @@ class HubFacts:
     def _read(self, model_id: str, revision: str) -> ModelArchitecture:
         cfg = json.loads(self._get(self._file(model_id, revision, "config.json")))
         quant = (cfg.get("quantization_config") or {}).get("quant_method") or cfg.get("quant_method")
-        packed = quant in ("awq", "gptq", "marlin")
+        packed = quant in PACKED_4BIT
         try:
             index = json.loads(self._get(self._file(model_id, revision, "model.safetensors.index.json")))
         except urllib.error.HTTPError as e:
             if e.code != 404:
                 raise
             header = self._safetensors_header(self._file(model_id, revision, "model.safetensors"))
-            params = float(parameters_from_header(header, packed))
+            params = float(count_parameters(header, packed))
         else:
             if packed:
                 per_param = weight_bytes_per_parameter(Quantize(str(quant)))

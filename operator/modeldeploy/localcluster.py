@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,12 +102,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class ProcessExitedError(RuntimeError):
+    """A process being waited on died: waiting longer cannot help."""
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2) -> None:
+    """Poll `check` until it is true. Its other errors count as "not yet" (a server still
+    starting refuses connections), except ProcessExitedError, which ends the wait at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             if check():
                 return
+        except ProcessExitedError:
+            raise
+        except Exception:  # not up yet
+            pass
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -266,7 +276,7 @@ class LocalCluster:
         proc = self.procs[name]
         if proc.poll() is not None:
             tail = (self.state / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+            raise ProcessExitedError(f"{name} exited with {proc.returncode}:\n{tail}")
 
     def _https_ok(self, port: int, path: str, token: str | None = None) -> bool:
         ctx = ssl.create_default_context()
@@ -284,20 +294,7 @@ class LocalCluster:
             return probe()
 
         started = time.monotonic()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if check():
-                    break
-            except RuntimeError:
-                raise
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{name} not healthy after {timeout:.0f}s; see {self.state}/logs/{name}.log"
-                )
-            time.sleep(0.2)
+        wait_for(f"{name} to be healthy (log: {self.state}/logs/{name}.log)", check, timeout)
         log(f"{name} ready ({time.monotonic() - started:.1f}s)")
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -551,23 +548,16 @@ def start_operator(
 
     def alive() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"operator exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+            raise ProcessExitedError(f"operator exited:\n{log_path.read_text(errors='replace')[-3000:]}")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
             return bool(r.status == 200)
 
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if alive():
-                return proc
-        except RuntimeError:
-            raise
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise TimeoutError(f"operator not live after 60s; see {log_path}")
-        time.sleep(0.2)
+    try:
+        wait_for(f"operator liveness (log: {log_path})", alive, timeout=60)
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -577,16 +567,6 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
-
-
-@contextlib.contextmanager
-def running(state: Path) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(state=state, bins=Binaries.locate())
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -355,6 +355,24 @@ CONFIG_KEYS = (
 )  # fmt: skip
 
 
+# Checkpoint formats that pack eight 4-bit weights into each int32 element.
+PACKED_4BIT = ("awq", "gptq", "marlin")
+
+
+def count_parameters(header: Mapping[str, Any], packed_4bit: bool = False) -> int:
+    """Parameters in one safetensors header (tensor name -> dtype, shape). Stdlib only: the
+    operator's Hub reader uses it too."""
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        n = 1
+        for d in info["shape"]:
+            n *= int(d)
+        total += n * (8 if packed_4bit and info.get("dtype") == "I32" else 1)
+    return total
+
+
 def _header(path: str) -> dict[str, Any]:
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
@@ -373,18 +391,12 @@ def architecture(folder: str, files: Sequence[str]) -> dict[str, Any]:
         with open(os.path.join(folder, "config.json")) as f:
             cfg = json.load(f)
         quant = (cfg.get("quantization_config") or {}).get("quant_method")
-        packed = quant in ("awq", "gptq", "marlin")
-        params = 0
-        for name in files:
-            if not name.endswith(".safetensors"):
-                continue
-            for key, info in _header(os.path.join(folder, name)).items():
-                if key == "__metadata__":
-                    continue
-                n = 1
-                for d in info["shape"]:
-                    n *= int(d)
-                params += n * (8 if packed and info.get("dtype") == "I32" else 1)
+        packed = quant in PACKED_4BIT
+        params = sum(
+            count_parameters(_header(os.path.join(folder, name)), packed)
+            for name in files
+            if name.endswith(".safetensors")
+        )
     except (OSError, ValueError, KeyError, struct.error):
         return {}
     if not params:

@@ -122,7 +122,8 @@ class Reconciler:
         facts: ClusterFacts | None = None
         resolved: render.Resolved | None = None
         model_id = ""
-        desired_replicas = 0
+        fixed_replicas: int | None = None  # the spec's replicas, when no autoscaler owns them
+        autoscaled_min = 0
         verdict: cache.CacheVerdict | None = None
         hold = False
         try:
@@ -154,21 +155,29 @@ class Reconciler:
                 desired = [render.service(name, namespace, owner)]
                 hold = True
             model_id = resolved.model_id
-            desired_replicas = self._desired_replicas(spec, namespace, name)
+            if spec.autoscaling.enabled:
+                autoscaled_min = spec.autoscaling.min_replicas
+            else:
+                fixed_replicas = spec.replicas
         except ValidationError as e:
             error = spec_error_from_validation(e)
         except SpecError as e:
             error = e
 
+        # The Deployment as this pass last saw it: read once (with the facts), or as applied.
+        dep = (
+            facts.deployment if facts is not None else self.kube.get("apps/v1", "Deployment", namespace, name)
+        )
         if desired is not None and apply:
             # Nothing is applied for a refused spec: the last good children keep serving.
-            if "replicas" not in desired[0]["spec"]:
-                self._hand_over_replicas(namespace, name)
+            if desired[0]["kind"] == "Deployment" and "replicas" not in desired[0]["spec"]:
+                self._hand_over_replicas(dep)
             for obj in desired:
-                self.kube.apply(obj)
+                out = self.kube.apply(obj)
+                if obj["kind"] == "Deployment":
+                    dep = out
             self._prune(namespace, name, uid, desired, hold)
 
-        dep = self.kube.get("apps/v1", "Deployment", namespace, name)
         if dep is not None and not _controlled_by(dep, uid):
             dep = None
         pods = self.kube.list("v1", "Pod", namespace, render.selector_string(name)) if dep else []
@@ -176,8 +185,11 @@ class Reconciler:
         if facts is not None and resolved is not None:
             why = rollout_blocked(dep, pods, facts, resolved.gpus, resolved.gpu_products)
             blocked = status.Blocked(*why) if why else None
-        if error is not None:
-            desired_replicas = int((dep or {}).get("spec", {}).get("replicas") or 0)
+        if fixed_replicas is not None:
+            desired_replicas = fixed_replicas
+        else:
+            # An autoscaler (or, for a refused spec, the last good spec) decides: read it back.
+            desired_replicas = int((dep or {}).get("spec", {}).get("replicas") or autoscaled_min)
         observed = status.Observed(
             desired_replicas=desired_replicas,
             deployment=dep,
@@ -219,14 +231,13 @@ class Reconciler:
             log.debug("no architecture facts for %s: %s", model_id, e)
             return None
 
-    def _hand_over_replicas(self, namespace: str, name: str) -> None:
+    def _hand_over_replicas(self, dep: Obj | None) -> None:
         """Autoscaling on: stop owning the Deployment's replicas without resetting them.
 
         Dropping a field from an apply configuration deletes it when no other manager owns it
         (so replicas would fall back to 1). Another manager takes the current value first, as the
         server-side apply docs describe; the autoscaler then owns it through the scale subresource.
         """
-        dep = self.kube.get("apps/v1", "Deployment", namespace, name)
         if dep is None:
             return
         ours = any(
@@ -241,17 +252,11 @@ class Reconciler:
             {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
-                "metadata": {"name": name, "namespace": namespace},
+                "metadata": {"name": dep["metadata"]["name"], "namespace": dep["metadata"]["namespace"]},
                 "spec": {"replicas": dep["spec"].get("replicas", 1)},
             },
             field_manager=HANDOVER_MANAGER,
         )
-
-    def _desired_replicas(self, spec: ModelDeploymentSpec, namespace: str, name: str) -> int:
-        if not spec.autoscaling.enabled:
-            return spec.replicas
-        dep = self.kube.get("apps/v1", "Deployment", namespace, name)
-        return int((dep or {}).get("spec", {}).get("replicas") or spec.autoscaling.min_replicas)
 
     def _prune(self, namespace: str, name: str, uid: str, desired: list[Obj], hold: bool) -> None:
         keep = {(o["kind"], o["metadata"]["name"]) for o in desired}

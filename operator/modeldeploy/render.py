@@ -254,6 +254,11 @@ def pod_disruption_budget(name: str, namespace: str, owner: Owner | None) -> Obj
     }
 
 
+def _scale_target(name: str) -> Obj:
+    # Autoscalers scale the Deployment, never the ModelDeployment: git keeps spec.replicas.
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+
+
 # TGI's Prometheus metric for requests waiting in its queue (served on the main port at /metrics).
 QUEUE_METRIC = "tgi_queue_size"
 
@@ -279,7 +284,7 @@ def hpa(name: str, namespace: str, spec: ModelDeploymentSpec, owner: Owner | Non
         "kind": "HorizontalPodAutoscaler",
         "metadata": _meta(name, namespace, owner),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "scaleTargetRef": _scale_target(name),
             "minReplicas": max(1, a.min_replicas),
             "maxReplicas": a.max_replicas,
             "metrics": [metric],
@@ -299,7 +304,7 @@ def scaled_object(
         "kind": "ScaledObject",
         "metadata": _meta(name, namespace, owner),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "scaleTargetRef": _scale_target(name),
             "minReplicaCount": a.min_replicas,
             "maxReplicaCount": a.max_replicas,
             "cooldownPeriod": 300,

@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
@@ -61,15 +62,12 @@ class ClusterFacts:
     # Offline (render), KEDA is assumed present so the ScaledObject can be previewed.
     keda: bool = True
     load_nodes: Callable[[], tuple[NodeGpus, ...]] | None = None
-    _loaded: list[tuple[NodeGpus, ...]] = field(default_factory=list, compare=False, repr=False)
+    # The existing Deployment, so the reconcile reads it once per pass.
+    deployment: Obj | None = field(default=None, compare=False, repr=False)
 
-    @property
+    @cached_property
     def nodes(self) -> tuple[NodeGpus, ...]:
-        if self.load_nodes is None:
-            return self.gpu_nodes
-        if not self._loaded:
-            self._loaded.append(self.load_nodes())
-        return self._loaded[0]
+        return self.gpu_nodes if self.load_nodes is None else self.load_nodes()
 
     @classmethod
     def gather(cls, kube: Kube, namespace: str, name: str) -> ClusterFacts:
@@ -82,7 +80,14 @@ class ClusterFacts:
             if isinstance(ru.get("maxSurge"), int) and isinstance(ru.get("maxUnavailable"), int):
                 existing_strategy = (ru["maxSurge"], ru["maxUnavailable"])
         keda = kube.has_kind("keda.sh/v1alpha1", "ScaledObject")
-        return cls((), existing_hash, existing_strategy, keda, load_nodes=lambda: gpu_accounting(kube))
+        return cls(
+            (),
+            existing_hash,
+            existing_strategy,
+            keda,
+            load_nodes=lambda: gpu_accounting(kube),
+            deployment=dep,
+        )
 
 
 def gpu_accounting(kube: Kube) -> tuple[NodeGpus, ...]:

@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from tests.conftest import Cluster, condition
-from tests.integration.test_reconcile import get_model, model, wait_ready
+from tests.integration.test_reconcile import get_model, model, wait_condition, wait_ready
 
 H100 = {"gpus": 1, "gpuType": "nvidia-h100-80gb"}
 
@@ -77,11 +77,7 @@ def test_failed_download_reports_reason_and_starts_no_pod(
 ) -> None:
     cluster.apply(cached("gated", model_id="example-org/gated-model", size="10Gi"), namespace)
 
-    def failed() -> dict[str, Any] | None:
-        c = condition(get_model(cluster, namespace, "gated"), "CacheReady")
-        return c if c and c["reason"] == "GatedModel" else None
-
-    c = cluster.wait("CacheReady=False GatedModel", failed)
+    c = wait_condition(cluster, namespace, "gated", "CacheReady", reason="GatedModel")
     assert c["status"] == "False"
     assert "tokenSecretRef" in c["message"]
     obj = get_model(cluster, namespace, "gated")
@@ -95,11 +91,7 @@ def test_failed_download_reports_reason_and_starts_no_pod(
 def test_missing_storage_class_is_reported(cluster: Cluster, namespace: str, operator: Any) -> None:
     cluster.apply(cached("nosc", storageClassName="no-such-class"), namespace)
 
-    def reported() -> dict[str, Any] | None:
-        c = condition(get_model(cluster, namespace, "nosc"), "CacheReady")
-        return c if c and c["reason"] == "StorageClassNotFound" else None
-
-    c = cluster.wait("StorageClassNotFound", reported)
+    c = wait_condition(cluster, namespace, "nosc", "CacheReady", reason="StorageClassNotFound")
     assert "no-such-class" in c["message"] and "spec.cache.storageClassName" in c["message"]
     assert cluster.get("deployment", "nosc", namespace) is None
 

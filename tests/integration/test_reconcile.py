@@ -59,6 +59,30 @@ def wait_ready(
     return out
 
 
+def wait_condition(
+    cluster: Cluster,
+    ns: str,
+    name: str,
+    type_: str,
+    *,
+    status: str | None = None,
+    reason: str | None = None,
+    timeout: float = 90,
+) -> dict[str, Any]:
+    """Wait until the model's condition `type_` has this status and/or reason; return it."""
+
+    def check() -> dict[str, Any] | None:
+        c = condition(get_model(cluster, ns, name), type_)
+        if c and status in (None, c["status"]) and reason in (None, c["reason"]):
+            return c
+        return None
+
+    out: dict[str, Any] = cluster.wait(
+        f"{name} {type_} status={status} reason={reason}", check, timeout=timeout
+    )
+    return out
+
+
 def children(cluster: Cluster, ns: str, name: str) -> dict[str, dict[str, Any]]:
     out = {}
     for kind in ("deployment", "service", "poddisruptionbudget"):
@@ -226,11 +250,7 @@ def test_more_gpus_than_any_node_reports_scheduler_reason(cluster: Cluster, name
     body["spec"]["model"] = {"id": "example-org/unlisted-model"}
     cluster.apply(body, namespace)
 
-    def unschedulable() -> dict[str, Any] | None:
-        c = condition(get_model(cluster, namespace, "huge"), "Ready")
-        return c if c and c["status"] == "False" and c["reason"] == "Unschedulable" else None
-
-    c = cluster.wait("Ready=False Unschedulable", unschedulable)
+    c = wait_condition(cluster, namespace, "huge", "Ready", status="False", reason="Unschedulable")
     assert "Insufficient nvidia.com/gpu" in c["message"]
     assert "0/5 nodes are available" in c["message"]
     rec = condition(get_model(cluster, namespace, "huge"), "Reconciling")
@@ -282,11 +302,7 @@ def test_model_that_cannot_fit_is_stalled_before_any_pod(
     body["spec"]["model"] = {"preset": "qwen2.5-72b-instruct"}
     cluster.apply(body, namespace)
 
-    def stalled() -> dict[str, Any] | None:
-        c = condition(get_model(cluster, namespace, "toobig"), "Stalled")
-        return c if c and c["status"] == "True" else None
-
-    c = cluster.wait("Stalled DoesNotFit", stalled)
+    c = wait_condition(cluster, namespace, "toobig", "Stalled", status="True")
     assert c["reason"] == "DoesNotFit"
     assert "spec.resources.gpus" in c["message"] and "gpus 2 on nvidia-h100-80gb" in c["message"]
     assert cluster.get("deployment", "toobig", namespace) is None
@@ -329,11 +345,7 @@ def test_pod_failures_are_lifted_into_conditions(cluster: Cluster, namespace: st
     cluster.kubectl("patch", "pod", pod["metadata"]["name"], "-n", namespace, "--subresource=status",
                     "--type=strategic", "-p", json.dumps(patch))  # fmt: skip
 
-    def stalled() -> dict[str, Any] | None:
-        c = condition(get_model(cluster, namespace, "sick"), "Stalled")
-        return c if c and c["reason"] == reason else None
-
-    c = cluster.wait(f"Stalled {reason}", stalled)
+    c = wait_condition(cluster, namespace, "sick", "Stalled", reason=reason)
     assert "1 pod" in c["message"]
     if restarts:
         assert f"restarts: {restarts}" in c["message"]

@@ -14,7 +14,13 @@ import yaml
 from modeldeploy.localcluster import NodeShape, node_manifest
 from tests import kstatus
 from tests.conftest import Cluster, condition
-from tests.integration.test_reconcile import get_model, in_process_reconciler, model, wait_ready
+from tests.integration.test_reconcile import (
+    get_model,
+    in_process_reconciler,
+    model,
+    wait_condition,
+    wait_ready,
+)
 from tests.unit.test_argocd_health import run_health
 
 A100 = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920"}
@@ -100,11 +106,7 @@ def test_keda_refused_without_crd_then_rendered_with_it(
     body["spec"]["autoscaling"] = {"enabled": True, "engine": "keda", "minReplicas": 0, "maxReplicas": 3}
     cluster.apply(body, namespace)
 
-    def stalled() -> dict[str, Any] | None:
-        c = condition(get_model(cluster, namespace, "keda"), "Stalled")
-        return c if c and c["status"] == "True" else None
-
-    c = cluster.wait("Stalled without KEDA", stalled)
+    c = wait_condition(cluster, namespace, "keda", "Stalled", status="True")
     assert "spec.autoscaling.engine" in c["message"] and "KEDA" in c["message"]
     assert cluster.get("deployment", "keda", namespace) is None  # nothing half-applied
     # Install KEDA's own CRD (from the github.com/kedacore/keda/v2 Go module).
@@ -163,21 +165,13 @@ def test_rollout_blocked_then_progress_deadline(cluster: Cluster, namespace: str
     body["spec"]["resources"]["gpus"] = 2
     cluster.apply(body, namespace)
 
-    def blocked() -> dict[str, Any] | None:
-        c = condition(get_model(cluster, namespace, "stuck"), "Reconciling")
-        return c if c and c["reason"] == "RolloutBlocked" else None
-
-    c = cluster.wait("RolloutBlocked", blocked)
+    c = wait_condition(cluster, namespace, "stuck", "Reconciling", reason="RolloutBlocked")
     assert "need 2 nvidia.com/gpu" in c["message"] and "free of 2 allocatable" in c["message"]
     obj = get_model(cluster, namespace, "stuck")
     assert kstatus.compute(obj, require_observed_generation=True).status == kstatus.Status.IN_PROGRESS
     assert run_health(obj)["status"] == "Progressing"  # type: ignore[arg-type]
 
-    def deadline() -> dict[str, Any] | None:
-        c = condition(get_model(cluster, namespace, "stuck"), "Stalled")
-        return c if c and c["reason"] == "ProgressDeadlineExceeded" else None
-
-    cluster.wait("ProgressDeadlineExceeded", deadline, timeout=150)
+    wait_condition(cluster, namespace, "stuck", "Stalled", reason="ProgressDeadlineExceeded", timeout=150)
     obj = get_model(cluster, namespace, "stuck")
     assert condition(obj, "Reconciling") is None
     assert kstatus.compute(obj, require_observed_generation=True).status == kstatus.Status.FAILED

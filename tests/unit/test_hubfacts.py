@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modeldeploy.hubfacts import FactsUnavailableError, HubFacts, parameters_from_header, parse_config
+from modeldeploy.hubfacts import FactsUnavailableError, HubFacts, parse_config
+from modeldeploy.prefetch import count_parameters
 from tests.standins.hf_hub import HubStandIn
 
 # tiny_model_files(hidden=64, layers=2, vocab=256): embeddings and lm_head 256x64 each; per layer
@@ -52,5 +53,5 @@ def test_parse_config_family_keys() -> None:
 
 def test_packed_4bit_counts_eight_per_int32() -> None:
     header = {"a.qweight": {"dtype": "I32", "shape": [64, 8]}, "a.scales": {"dtype": "F16", "shape": [64]}}
-    assert parameters_from_header(header, packed_4bit=True) == 64 * 8 * 8 + 64
-    assert parameters_from_header(header) == 64 * 8 + 64
+    assert count_parameters(header, packed_4bit=True) == 64 * 8 * 8 + 64
+    assert count_parameters(header) == 64 * 8 + 64
