@@ -52,9 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from modeldeploy import handlers
 
     handlers._state["peering"] = args.peering
-    # Peers with equal priority pause each other: give every replica its own.
-    priority = random.randint(1, 10_000)
+    # Peers with equal priority pause each other: unless told, give every replica its own.
+    priority = args.priority if args.priority is not None else random.randint(1, 10_000)
     handlers._state["priority"] = priority
+    handlers._state["peering_lifetime"] = args.peering_lifetime
     namespaces: list[str] = args.namespace or []
     handlers._state["namespaces"] = namespaces
     if args.metrics_port:
@@ -157,6 +158,18 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--peering", action="store_true", help="kopf peering: one active replica, others standby"
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds a replica counts as alive after its last keep-alive; a standby takes over "
+        "this long after the active replica dies without a clean stop",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority; the live replica with the highest one works (default: random 1-10000)",
     )
     run.add_argument(
         "--log-level",

@@ -34,7 +34,9 @@ def reconciler() -> Reconciler:
     return rec
 
 
-def configure(settings: kopf.OperatorSettings, peering: bool, namespaced: bool = False) -> None:
+def configure(
+    settings: kopf.OperatorSettings, peering: bool, namespaced: bool = False, peering_lifetime: int = 60
+) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -45,6 +47,7 @@ def configure(settings: kopf.OperatorSettings, peering: bool, namespaced: bool =
     settings.peering.standalone = not peering
     settings.peering.name = "modeldeploy"
     settings.peering.mandatory = peering
+    settings.peering.lifetime = peering_lifetime
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 8
@@ -56,26 +59,43 @@ def configure(settings: kopf.OperatorSettings, peering: bool, namespaced: bool =
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     namespaces: list[str] = list(_state.get("namespaces") or [])
-    configure(settings, peering=bool(_state.get("peering", False)), namespaced=bool(namespaces))
+    configure(
+        settings,
+        peering=bool(_state.get("peering", False)),
+        namespaced=bool(namespaces),
+        peering_lifetime=int(_state.get("peering_lifetime", 60)),
+    )
     rec = reconciler()
     scopes: list[str | None] = list(namespaces) or [None]  # None: every namespace
+
+    roles: dict[str | None, bool] = {}
 
     def active(scope: str | None) -> bool:
         """Under peering, only the replica kopf lets work does the resync too."""
         if not _state.get("peering"):
             return True
-        if scope is None:
-            body = rec.kube.get("kopf.dev/v1", "ClusterKopfPeering", None, "modeldeploy")
-        else:
-            body = rec.kube.get("kopf.dev/v1", "KopfPeering", scope, "modeldeploy")
+        kind, ns = ("ClusterKopfPeering", None) if scope is None else ("KopfPeering", scope)
+        body = rec.kube.get("kopf.dev/v1", kind, ns, "modeldeploy")
         now = dt.datetime.now(dt.UTC)
-        return peering.is_active((body or {}).get("status"), int(_state.get("priority", 0)), now)
+        is_active = peering.is_active((body or {}).get("status"), int(_state.get("priority", 0)), now)
+        if roles.get(scope) != is_active:
+            role = "active" if is_active else "standby (a peer with a higher priority works)"
+            log.info("%s in %s", role, scope or "all namespaces")
+        roles[scope] = is_active
+        metrics.ACTIVE.labels(scope or "").set(int(is_active))
+        return is_active
 
     def resync() -> None:
+        for scope in scopes:
+            try:
+                metrics.ACTIVE.labels(scope or "").set(int(active(scope)))
+            except Exception:
+                log.exception("reading the peering of %s failed; will retry", scope or "all namespaces")
         while not _stop.wait(rec.settings.resync_seconds):
             for scope in scopes:
                 try:
                     if not active(scope):
+                        log.debug("standby: resync of %s left to the active peer", scope or "all namespaces")
                         continue
                     for body in rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", scope):
                         meta = body["metadata"]

@@ -16,6 +16,12 @@ RECONCILE_SECONDS = Histogram(
     "Time of one reconcile pass.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+ACTIVE = Gauge(
+    "modeldeploy_active",
+    "1 while this replica does the work in the namespace ('' = cluster-wide), 0 while it stands "
+    "by for a peer with a higher priority (kopf peering).",
+    ["namespace"],
+)
 CONDITIONS = Gauge(
     "modeldeploy_model_condition",
     "1 when the ModelDeployment's condition has this status, per model.",

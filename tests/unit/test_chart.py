@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy import catalog
+from modeldeploy import catalog, cli
 from modeldeploy.localcluster import Binaries
 from modeldeploy.settings import Settings
 
@@ -266,7 +266,12 @@ def test_peering_with_two_replicas(tmp_path: Path, namespaces: list[str]) -> Non
     dep = one(docs, "Deployment")
     assert dep["spec"]["replicas"] == 2
     assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
-    assert "--peering" in container(docs)["args"]
+    # The operator's own parser reads what the chart passes.
+    parsed = cli.parser().parse_args(container(docs)["args"])
+    assert parsed.peering and parsed.peering_lifetime == 60
+    assert parsed.namespace == (namespaces or None)
+    quick = render(tmp_path, {"replicas": 2, "peering": {"enabled": True, "lifetimeSeconds": 15}})
+    assert cli.parser().parse_args(container(quick)["args"]).peering_lifetime == 15
     # kopf's peer identity is the pod name.
     pod_id = next(e for e in container(docs)["env"] if e["name"] == "POD_ID")
     assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -387,6 +392,7 @@ def test_notes_tell_how_to_apply_an_example_and_read_its_status() -> None:
         ({"gpuTypes": {"x": {"memoryMiB": "lots"}}}, "/gpuTypes/x"),
         ({"startupTimeoutSeconds": "1h"}, "/startupTimeoutSeconds"),
         ({"peering": {"enabled": "yes"}}, "/peering/enabled"),
+        ({"peering": {"enabled": True, "lifetimeSeconds": 2}}, "/peering/lifetimeSeconds"),
         ({"image": {"repository": "r", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"replica": 2}, "replica"),
     ],
