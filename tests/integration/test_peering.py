@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from modeldeploy.localcluster import free_port, start_operator, stop_process
-from tests.conftest import REPO, Cluster
+from tests.conftest import Cluster
+from tests.integration.test_helm import CHART, RELEASE, Obj, docs_of, install, sa_kubeconfig
 from tests.integration.test_reconcile import model, wait_ready
 from tests.standins.hf_hub import HubStandIn
 
-CHART = REPO / "charts" / "modeldeploy"
 SKIPPED = "standby: resync of"  # the operator's debug line when a standby leaves a resync
 LIFETIME = 10  # --peering-lifetime: how long a killed replica still counts as alive
 
@@ -60,43 +59,61 @@ def case(request: pytest.FixtureRequest) -> Case:
 
 
 @pytest.fixture()
-def peering_kind(cluster: Cluster, namespace: str, case: Case) -> str:
-    """kopf's peering CRDs and the peering object, from the chart as users get them."""
-    watch = ["--set", f"watchNamespaces={{{namespace}}}"] if case.scope == "namespaced" else []
-    out = cluster.helm(
-        "template", "modeldeploy", str(CHART), "-n", namespace, "--set", "replicas=2",
-        "--set", "peering.enabled=true", *watch, "--show-only", "templates/peering.yaml",
+def peering_kind(cluster: Cluster, namespace: str, case: Case, tmp_path: Path) -> Iterator[str]:
+    """The chart installed with replicas=2 and peering: its peering object (a post-install hook)
+    and its ServiceAccount. kopf's peering CRDs are shared by every test, so they are applied
+    once and the release leaves them alone (peering.createCRDs=false, as documented)."""
+    rendered = cluster.helm(
+        "template", RELEASE, str(CHART), "--set", "replicas=2", "--set", "peering.enabled=true",
+        "--show-only", "templates/peering.yaml",
     ).stdout  # fmt: skip
-    docs = [d for d in yaml.safe_load_all(out) if d]
-    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    crds = [d for d in docs_of(rendered) if d["kind"] == "CustomResourceDefinition"]
     cluster.apply(crds)
     for crd in crds:
         cluster.wait_established(crd["metadata"]["name"])
-    peerings = [d for d in docs if d["kind"] in ("KopfPeering", "ClusterKopfPeering")]
-    assert len(peerings) == 1
-    cluster.apply(peerings)
-    kind = str(peerings[0]["kind"]).lower()
-    where = namespace if case.scope == "namespaced" else None
-    cluster.wait(f"{kind} readable", lambda: cluster.get(kind, "modeldeploy", where))
-    return kind
+    values: Obj = {
+        "replicas": 2,
+        "peering": {"enabled": True, "createCRDs": False, "lifetimeSeconds": LIFETIME},
+    }
+    if case.scope == "namespaced":
+        values["watchNamespaces"] = [namespace]
+    install(cluster, namespace, tmp_path, values)
+    try:
+        kind = "kopfpeering" if case.scope == "namespaced" else "clusterkopfpeering"
+        where = namespace if case.scope == "namespaced" else None
+        assert cluster.get(kind, "modeldeploy", where) is not None, "the chart's hook made no peering object"
+        yield kind
+    finally:
+        cluster.helm("uninstall", RELEASE, "-n", namespace, "--ignore-not-found", check=False)
 
 
 @pytest.fixture()
 def replicas(
-    cluster: Cluster, namespace: str, case: Case, hub: HubStandIn, peering_kind: str
+    cluster: Cluster, namespace: str, hub: HubStandIn, peering_kind: str, tmp_path: Path
 ) -> Iterator[tuple[Replica, Replica]]:
-    """(standby, active): a high-priority replica, then a low-priority one, in one scope."""
-    watch = [f"--namespace={namespace}"] if case.scope == "namespaced" else []
-    env = {**cluster.lc.env(), "MODELDEPLOY_RESYNC_SECONDS": "2", "MODELDEPLOY_HF_ENDPOINT": hub.url}
+    """(standby, active): the chart's two replicas, run locally with the operator Deployment's
+    own arguments and authenticated as its ServiceAccount (a TokenRequest token), so the
+    chart's RBAC is all they have. The active one starts first, with the higher priority."""
+    dep = cluster.get("deployment", RELEASE, namespace)
+    assert dep is not None and dep["spec"]["replicas"] == 2
+    chart_args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert chart_args[0] == "run" and f"--peering-lifetime={LIFETIME}" in chart_args
+    env = {
+        **cluster.lc.env(),
+        "KUBECONFIG": str(sa_kubeconfig(cluster, namespace, tmp_path / "kubeconfig")),
+        "MODELDEPLOY_RESYNC_SECONDS": "2",
+        "MODELDEPLOY_HF_ENDPOINT": hub.url,
+    }
     started: list[Replica] = []
     try:
         for name, priority in (("active", 200), ("standby", 100)):
             log = cluster.lc.state / "logs" / f"peering-{namespace}-{name}.log"
             port = free_port()
-            # kopf names a replica by POD_ID in the peering object, as the chart's pods do.
+            # Later flags win: a fixed priority, and debug to see which handlers ran. kopf
+            # names a replica by POD_ID in the peering object, as the chart's pods do.
             proc = start_operator(
-                {**env, "POD_ID": name}, log, "--peering", f"--priority={priority}",
-                f"--peering-lifetime={LIFETIME}", *watch, "--log-level=debug", metrics_port=port,
+                {**env, "POD_ID": name}, log, *chart_args[1:], f"--priority={priority}", "--log-level=debug",
+                metrics_port=port,
             )  # fmt: skip
             started.append(Replica(name, proc, log, port))
         yield started[1], started[0]
