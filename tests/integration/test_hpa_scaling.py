@@ -1,4 +1,4 @@
-"""Stretch of the autoscaling issue: the real HPA controller (in kube-controller-manager) scales a
+"""Autoscaling end to end: the real HPA controller (in kube-controller-manager) scales a
 model's Deployment from TGI's queue size, read through the aggregated custom metrics API from a
 stand-in metrics server, and the operator leaves the replicas it chose alone."""
 
