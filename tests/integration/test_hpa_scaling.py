@@ -78,8 +78,15 @@ def test_hpa_controller_scales_on_queue_size(
     hpa = cluster.get("hpa", "scaled", namespace)
     assert hpa is not None and hpa["status"]["desiredReplicas"] == 3
     assert hpa["status"]["currentMetrics"][0]["pods"]["current"]["averageValue"] == "20"
-    # The operator's resync passes come and go; it never takes replicas back.
-    ready = wait_ready(cluster, namespace, "scaled", timeout=120)
-    assert ready["status"]["replicas"] == 3
+
+    # The model's status follows the three pods; the operator's passes meanwhile never take
+    # replicas back.
+    def all_ready() -> dict[str, Any] | None:
+        obj = cluster.get("modeldeployment", "scaled", namespace)
+        st = (obj or {}).get("status") or {}
+        ready = condition(obj, "Ready")
+        return obj if st.get("readyReplicas") == 3 and ready and ready["status"] == "True" else None
+
+    cluster.wait("the model reports 3 ready replicas", all_ready, timeout=120)
     dep = cluster.get("deployment", "scaled", namespace)
     assert dep is not None and dep["spec"]["replicas"] == 3
