@@ -21,6 +21,9 @@ from modeldeploy.reconcile import spec_error_from_validation
 from modeldeploy.resolve import ClusterFacts, model_facts, plan_model, resolve
 from modeldeploy.settings import Settings
 
+# kopf peering priorities drawn when --priority is not given: 1..this.
+MAX_RANDOM_PRIORITY = 1_000_000
+
 
 def _load_models(path: str) -> Iterator[tuple[str, str, ModelDeploymentSpec]]:
     """(name, namespace, validated spec) of each ModelDeployment in the file ('-' = stdin)."""
@@ -52,8 +55,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from modeldeploy import handlers
 
     handlers._state["peering"] = args.peering
-    # Peers with equal priority pause each other: unless told, give every replica its own.
-    priority = args.priority if args.priority is not None else random.randint(1, 10_000)
+    # kopf pauses every peer that shares a priority, until one of them goes: unless told, draw
+    # from a range wide enough that two replicas practically never tie.
+    priority = args.priority if args.priority is not None else random.randint(1, MAX_RANDOM_PRIORITY)
     handlers._state["priority"] = priority
     handlers._state["peering_lifetime"] = args.peering_lifetime
     namespaces: list[str] = args.namespace or []
@@ -169,7 +173,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--priority",
         type=int,
-        help="peering priority; the live replica with the highest one works (default: random 1-10000)",
+        help="peering priority; the live replica with the highest one works "
+        f"(default: random 1-{MAX_RANDOM_PRIORITY})",
     )
     run.add_argument(
         "--log-level",
