@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 import random
+import secrets
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from modeldeploy import KIND, metrics, render
+from modeldeploy import KIND, metrics, peering, render
 from modeldeploy.api import ModelDeploymentSpec
 from modeldeploy.errors import SpecError
 from modeldeploy.reconcile import spec_error_from_validation
@@ -23,6 +25,7 @@ from modeldeploy.settings import Settings
 
 # kopf peering priorities drawn when --priority is not given: 1..this.
 MAX_RANDOM_PRIORITY = 1_000_000
+MIN_PEERING_LIFETIME = 10
 
 
 def _load_models(path: str) -> Iterator[tuple[str, str, ModelDeploymentSpec]]:
@@ -54,12 +57,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from modeldeploy import handlers
 
+    if not args.peering and (args.priority is not None or args.peering_lifetime is not None):
+        print("error: --priority and --peering-lifetime need --peering", file=sys.stderr)
+        return 2
     handlers._state["peering"] = args.peering
+    # kopf's name for this replica in the peering objects: the pod's name in a cluster.
+    identity = os.environ.get("POD_ID") or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    handlers._state["identity"] = identity
     # kopf pauses every peer that shares a priority, until one of them goes: unless told, draw
     # from a range wide enough that two replicas practically never tie.
     priority = args.priority if args.priority is not None else random.randint(1, MAX_RANDOM_PRIORITY)
     handlers._state["priority"] = priority
-    handlers._state["peering_lifetime"] = args.peering_lifetime
+    handlers._state["peering_lifetime"] = args.peering_lifetime or peering.DEFAULT_LIFETIME
     namespaces: list[str] = args.namespace or []
     handlers._state["namespaces"] = namespaces
     if args.metrics_port:
@@ -80,8 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         liveness_endpoint=args.liveness or None,
         standalone=not args.peering,
-        peering_name="modeldeploy" if args.peering else None,
+        peering_name=peering.NAME if args.peering else None,
         priority=priority if args.peering else None,
+        # kopf types it as its own NewType of str, which it does not export.
+        identity=identity if args.peering else None,  # type: ignore[arg-type]
     )
     return 0
 
@@ -146,6 +157,14 @@ def cmd_crd(_: argparse.Namespace) -> int:
     return 0
 
 
+def _lifetime(text: str) -> int:
+    value = int(text)
+    # kopf renews its entry 5-10 s before the lifetime ends; shorter would let a live replica expire.
+    if value < MIN_PEERING_LIFETIME:
+        raise argparse.ArgumentTypeError(f"at least {MIN_PEERING_LIFETIME} seconds")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="modeldeploy", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -165,10 +184,10 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--peering-lifetime",
-        type=int,
-        default=60,
+        type=_lifetime,
         help="seconds a replica counts as alive after its last keep-alive; a standby takes over "
-        "this long after the active replica dies without a clean stop",
+        f"this long after the active replica dies without a clean stop (default {peering.DEFAULT_LIFETIME}, "
+        f"at least {MIN_PEERING_LIFETIME})",
     )
     run.add_argument(
         "--priority",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -35,7 +36,10 @@ def reconciler() -> Reconciler:
 
 
 def configure(
-    settings: kopf.OperatorSettings, peering: bool, namespaced: bool = False, peering_lifetime: int = 60
+    settings: kopf.OperatorSettings,
+    peered: bool,
+    namespaced: bool = False,
+    peering_lifetime: int = peering.DEFAULT_LIFETIME,
 ) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -44,9 +48,9 @@ def configure(
     )
     # We post our own Events on condition transitions; kopf's per-handler ones are noise.
     settings.posting.enabled = False
-    settings.peering.standalone = not peering
-    settings.peering.name = "modeldeploy"
-    settings.peering.mandatory = peering
+    settings.peering.standalone = not peered
+    settings.peering.name = peering.NAME
+    settings.peering.mandatory = peered
     settings.peering.lifetime = peering_lifetime
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
@@ -61,53 +65,82 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     namespaces: list[str] = list(_state.get("namespaces") or [])
     configure(
         settings,
-        peering=bool(_state.get("peering", False)),
+        peered=bool(_state.get("peering", False)),
         namespaced=bool(namespaces),
-        peering_lifetime=int(_state.get("peering_lifetime", 60)),
+        peering_lifetime=int(_state.get("peering_lifetime", peering.DEFAULT_LIFETIME)),
     )
-    rec = reconciler()
     scopes: list[str | None] = list(namespaces) or [None]  # None: every namespace
-
-    roles: dict[str | None, bool] = {}
-
-    def active(scope: str | None) -> bool:
-        """Under peering, only the replica kopf lets work does the resync too."""
-        if not _state.get("peering"):
-            return True
-        kind, ns = ("ClusterKopfPeering", None) if scope is None else ("KopfPeering", scope)
-        body = rec.kube.get("kopf.dev/v1", kind, ns, "modeldeploy")
-        now = dt.datetime.now(dt.UTC)
-        is_active = peering.is_active((body or {}).get("status"), int(_state.get("priority", 0)), now)
-        if roles.get(scope) != is_active:
-            role = "active" if is_active else "standby (a peer with a higher priority works)"
-            log.info("%s in %s", role, scope or "all namespaces")
-        roles[scope] = is_active
-        metrics.ACTIVE.labels(scope or "").set(int(is_active))
-        return is_active
-
-    def resync() -> None:
+    if _state.get("peering"):
+        # kopf keeps every replica paused while its peering object is missing. Created here, not
+        # by the chart, so no install or upgrade (or GitOps sync) ever deletes and recreates it.
         for scope in scopes:
             try:
-                metrics.ACTIVE.labels(scope or "").set(int(active(scope)))
-            except Exception:
-                log.exception("reading the peering of %s failed; will retry", scope or "all namespaces")
-        while not _stop.wait(rec.settings.resync_seconds):
-            for scope in scopes:
-                try:
-                    if not active(scope):
-                        log.debug("standby: resync of %s left to the active peer", scope or "all namespaces")
-                        continue
-                    for body in rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", scope):
-                        meta = body["metadata"]
-                        rec.reconcile(meta["namespace"], meta["name"])
-                    # Also catches models deleted while the operator was down (no finalizer).
-                    pvcs = rec.kube.list("v1", "PersistentVolumeClaim", scope, cache.CACHE_KEY_LABEL)
-                    for ns in sorted({p["metadata"]["namespace"] for p in pvcs}):
-                        rec.caches.collect_garbage(ns)
-                except Exception:
-                    log.exception("periodic resync of %s failed; will retry", scope or "all namespaces")
+                created = reconciler().kube.create_if_absent(peering.peering_object(scope))
+            except Exception as e:
+                # E.g. kopf's peering CRDs not installed yet: kopf runs the startup again.
+                raise kopf.TemporaryError(f"cannot create the peering object: {e}", delay=10) from e
+            if created:
+                log.info("created the peering object for %s", scope or "all namespaces")
+    threading.Thread(
+        target=_resync_loop, args=(reconciler(), scopes), name="modeldeploy-resync", daemon=True
+    ).start()
 
-    threading.Thread(target=resync, name="modeldeploy-resync", daemon=True).start()
+
+def _active(rec: Reconciler, scopes: list[str | None]) -> bool:
+    """Under peering, only the replica kopf lets work does the resync too. kopf pauses a
+    replica everywhere when any one of its peering objects says so."""
+    if not _state.get("peering"):
+        return True
+    now = dt.datetime.now(dt.UTC)
+    for scope in scopes:
+        ref = peering.peering_object(scope)
+        body = rec.kube.get(ref["apiVersion"], ref["kind"], scope, peering.NAME)
+        if not peering.is_active(body, str(_state.get("identity")), int(_state.get("priority", 0)), now):
+            return False
+    return True
+
+
+def _resync(rec: Reconciler, scopes: list[str | None]) -> None:
+    for scope in scopes:
+        try:
+            models = rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", scope)
+            log.debug("resync of %s: %d models", scope or "all namespaces", len(models))
+            for body in models:
+                meta = body["metadata"]
+                rec.reconcile(meta["namespace"], meta["name"])
+            # Also catches models deleted while the operator was down (no finalizer).
+            pvcs = rec.kube.list("v1", "PersistentVolumeClaim", scope, cache.CACHE_KEY_LABEL)
+            for ns in sorted({p["metadata"]["namespace"] for p in pvcs}):
+                rec.caches.collect_garbage(ns)
+        except Exception:
+            log.exception("periodic resync of %s failed; will retry", scope or "all namespaces")
+
+
+def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
+    """The periodic resync, and under peering this replica's role, checked more often than the
+    resync runs so the log and the modeldeploy_active gauge follow a takeover within seconds."""
+    period = rec.settings.resync_seconds
+    tick = min(period, peering.ROLE_CHECK_SECONDS)
+    role: bool | None = None
+    last_resync = time.monotonic()
+    while True:
+        try:
+            now_active = _active(rec, scopes)
+        except Exception:
+            log.exception("reading the peering objects failed; standing by until it works")
+            now_active = False
+        if now_active != role and _state.get("peering"):
+            log.info("active" if now_active else "standby: a live peer has the same or a higher priority")
+        role = now_active
+        metrics.ACTIVE.set(int(role))
+        if time.monotonic() - last_resync >= period:
+            last_resync = time.monotonic()
+            if role:
+                _resync(rec, scopes)
+            else:
+                log.debug("standby: resync left to the active peer")
+        if _stop.wait(tick):
+            return
 
 
 @kopf.on.cleanup()

@@ -16,7 +16,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError, ResourceNotFoundError
 
 from modeldeploy import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 
@@ -84,6 +84,16 @@ class Kube:
             force_conflicts=True,
         )
         return dict(out.to_dict())
+
+    def create_if_absent(self, obj: Obj) -> bool:
+        """Create the object unless it exists (a plain create: never touches an existing one)."""
+        try:
+            self._resource(obj["apiVersion"], obj["kind"]).create(
+                body=obj, namespace=obj["metadata"].get("namespace")
+            )
+        except ConflictError:
+            return False
+        return True
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
         try:

@@ -18,9 +18,7 @@ RECONCILE_SECONDS = Histogram(
 )
 ACTIVE = Gauge(
     "modeldeploy_active",
-    "1 while this replica does the work in the namespace ('' = cluster-wide), 0 while it stands "
-    "by for a peer with a higher priority (kopf peering).",
-    ["namespace"],
+    "1 while this replica does the work, 0 while it stands by for a peer (kopf peering).",
 )
 CONDITIONS = Gauge(
     "modeldeploy_model_condition",

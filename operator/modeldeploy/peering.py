@@ -1,6 +1,7 @@
 """Which replica is active under kopf peering, for the work kopf does not schedule itself (the
-periodic resync). kopf pauses a replica while a live peer has a higher priority, and pauses all
-of them while two share one; the same rule is applied here to the peering object's status."""
+periodic resync). kopf starts every replica paused, pauses it while a live peer has a higher
+priority, and pauses all of them while two share one; the same rule is applied here to the
+peering object's status."""
 
 from __future__ import annotations
 
@@ -8,15 +9,35 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+NAME = "modeldeploy"
+"""The peering objects' name (the chart creates them)."""
+DEFAULT_LIFETIME = 60
+"""Seconds a replica counts as alive after its last keep-alive (kopf's default)."""
+ROLE_CHECK_SECONDS = 5.0
+"""How often a replica re-reads the peering objects for its own role."""
 
-def is_active(status: Mapping[str, Any] | None, priority: int, now: dt.datetime) -> bool:
+
+def peering_object(namespace: str | None) -> dict[str, Any]:
+    """The peering object kopf reads and writes: cluster-wide, or one per watched namespace."""
+    if namespace is None:
+        return {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": NAME}}
+    return {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "KopfPeering",
+        "metadata": {"name": NAME, "namespace": namespace},
+    }
+
+
+def is_active(peering: Mapping[str, Any] | None, identity: str, priority: int, now: dt.datetime) -> bool:
     """True when no other live peer has this priority or a higher one.
 
-    status: the (Cluster)KopfPeering's status: {identity: {priority, lastseen, lifetime}},
-    this replica's own entry included (it is the one with `priority`)."""
-    same = 0
-    for info in (status or {}).values():
-        if not isinstance(info, Mapping):
+    peering: the (Cluster)KopfPeering object, None when it does not exist (kopf then keeps
+    every replica paused). Its status is {identity: {priority, lastseen, lifetime}}; this
+    replica's own entry (under `identity`) does not count."""
+    if peering is None:
+        return False
+    for peer, info in (peering.get("status") or {}).items():
+        if peer == identity or not isinstance(info, Mapping):
             continue
         try:
             seen = dt.datetime.fromisoformat(str(info["lastseen"]))
@@ -26,10 +47,6 @@ def is_active(status: Mapping[str, Any] | None, priority: int, now: dt.datetime)
             peer_priority = int(info.get("priority", 0))
         except (KeyError, ValueError, TypeError):
             continue
-        if not alive:
-            continue
-        if peer_priority > priority:
+        if alive and peer_priority >= priority:
             return False
-        if peer_priority == priority:
-            same += 1
-    return same <= 1
+    return True

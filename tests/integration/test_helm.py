@@ -110,7 +110,6 @@ def test_rendered_chart_passes_server_side_dry_run(cluster: Cluster, namespace: 
     for expected in (
         f"role.rbac.authorization.k8s.io/{RELEASE} serverside-applied",
         f"service/{RELEASE}-metrics serverside-applied",
-        "kopfpeering.kopf.dev/modeldeploy serverside-applied",
         f"deployment.apps/{RELEASE} serverside-applied",
     ):
         assert expected in out, out

@@ -140,6 +140,6 @@ that its claim's class exists, or that there is a default one).
 {{- end }}
 {{- if .Values.peering.enabled }}
 - --peering
-- --peering-lifetime={{ .Values.peering.lifetimeSeconds }}
+- --peering-lifetime={{ int .Values.peering.lifetimeSeconds }}
 {{- end }}
 {{- end }}
