@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import Cluster, condition
 from tests.integration.test_reconcile import model, wait_ready
+from tests.integration.test_rollout_autoscaling import replicas_owner
 from tests.standins.custom_metrics import CustomMetricsStandIn, registration, serving_cert
 
 QUEUE = "tgi_queue_size"
@@ -30,19 +31,19 @@ def custom_metrics(
     with CustomMetricsStandIn(cert, key, list_pods) as standin:
         ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
         objs = registration(standin.port, ca)
-        cluster.apply(objs)
-
         name = objs[1]["metadata"]["name"]
 
         def available() -> bool:
             c = condition(cluster.get("apiservice", name), "Available")
             return c is not None and c["status"] == "True"
 
+        # An APIService left behind unavailable would break discovery for every later test.
         try:
-            cluster.wait("the custom metrics APIService Available", available, timeout=60)
-        except TimeoutError as e:
-            raise AssertionError(f"{e}: {condition(cluster.get('apiservice', name), 'Available')}") from e
-        try:
+            cluster.apply(objs)
+            try:
+                cluster.wait("the custom metrics APIService Available", available, timeout=60)
+            except TimeoutError as e:
+                raise AssertionError(f"{e}: {condition(cluster.get('apiservice', name), 'Available')}") from e
             yield standin
         finally:
             cluster.kubectl("delete", "apiservice", name, "--wait=false")
@@ -75,8 +76,13 @@ def test_hpa_controller_scales_on_queue_size(
         return d if d and d["spec"]["replicas"] == 3 else None
 
     cluster.wait("the HPA controller scales to 3", scaled, timeout=120)
-    hpa = cluster.get("hpa", "scaled", namespace)
-    assert hpa is not None and hpa["status"]["desiredReplicas"] == 3
+
+    # The controller scales first and writes its status after.
+    def hpa_status() -> dict[str, Any] | None:
+        h = cluster.get("hpa", "scaled", namespace)
+        return h if h and h["status"].get("desiredReplicas") == 3 else None
+
+    hpa = cluster.wait("the HPA status", hpa_status)
     assert hpa["status"]["currentMetrics"][0]["pods"]["current"]["averageValue"] == "20"
 
     # The model's status follows the three pods; the operator's passes meanwhile never take
@@ -88,5 +94,7 @@ def test_hpa_controller_scales_on_queue_size(
         return obj if st.get("readyReplicas") == 3 and ready and ready["status"] == "True" else None
 
     cluster.wait("the model reports 3 ready replicas", all_ready, timeout=120)
-    dep = cluster.get("deployment", "scaled", namespace)
+    dep = cluster.get("deployment", "scaled", namespace, managed_fields=True)
     assert dep is not None and dep["spec"]["replicas"] == 3
+    # The hand-over: the HPA controller's scale writes own replicas, the operator does not.
+    assert "modeldeploy" not in replicas_owner(dep)

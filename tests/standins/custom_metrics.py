@@ -5,7 +5,7 @@ not Prometheus Adapter; it answers from values the test sets.
 
 Served:
   GET /apis/custom.metrics.k8s.io/v1beta2
-      discovery: one resource, pods/{metric}
+      discovery: a resource pods/{metric} for each metric given a value
   GET /apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/{name or *}/{metric}?labelSelector=
       MetricValueList, one item per matching pod, with the value set for the namespace
 
@@ -137,7 +137,7 @@ class CustomMetricsStandIn:
                         "kind": "Pod",
                         "namespace": namespace,
                         "name": p,
-                        "apiVersion": "/v1",
+                        "apiVersion": "v1",
                     },
                     "metric": {"name": metric},
                     "timestamp": now,
