@@ -126,22 +126,28 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def serving_cert(pki: Path, name: str, sans: str) -> tuple[Path, Path]:
+    """NAME.crt and NAME.key in `pki`: a serving certificate for `sans` (openssl's
+    subjectAltName syntax) signed by the CA there. Also for servers the API server calls."""
+    _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=pki)
+    (pki / f"{name}.cnf").write_text(f"[v3]\nsubjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
+    _openssl("req", "-new", "-key", f"{name}.key", "-subj", f"/CN={name}", "-out", f"{name}.csr", cwd=pki)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "3650", "-extfile", f"{name}.cnf", "-extensions", "v3", "-out", f"{name}.crt",
+             cwd=pki)  # fmt: skip
+    return pki / f"{name}.crt", pki / f"{name}.key"
+
+
 def make_pki(pki: Path) -> None:
-    """A CA, the apiserver's serving cert (SAN 127.0.0.1) and the service-account key pair."""
+    """A CA, the apiserver's serving cert and the service-account key pair."""
     pki.mkdir(parents=True, exist_ok=True)
     _openssl("genrsa", "-out", "ca.key", "2048", cwd=pki)
     _openssl("req", "-x509", "-new", "-key", "ca.key", "-days", "3650", "-subj", "/CN=modeldeploy-local-ca",
              "-out", "ca.crt", cwd=pki)  # fmt: skip
-    _openssl("genrsa", "-out", "apiserver.key", "2048", cwd=pki)
-    (pki / "san.cnf").write_text(
-        "[v3]\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n"
-    )
-    _openssl("req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver", "-out", "apiserver.csr",
-             cwd=pki)  # fmt: skip
-    _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "3650", "-extfile", "san.cnf", "-extensions", "v3", "-out", "apiserver.crt",
-             cwd=pki)  # fmt: skip
+    serving_cert(
+        pki, "apiserver",
+        "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1",
+    )  # fmt: skip
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 

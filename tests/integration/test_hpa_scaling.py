@@ -10,20 +10,19 @@ from typing import Any
 
 import pytest
 
+from modeldeploy.localcluster import serving_cert
 from tests.conftest import Cluster, condition
 from tests.integration.test_reconcile import model, wait_ready
 from tests.integration.test_rollout_autoscaling import replicas_owner
-from tests.standins.custom_metrics import CustomMetricsStandIn, registration, serving_cert
+from tests.standins.custom_metrics import SERVICE, CustomMetricsStandIn, registration
 
 QUEUE = "tgi_queue_size"
 
 
 @pytest.fixture(scope="module")
-def custom_metrics(
-    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[CustomMetricsStandIn]:
+def custom_metrics(cluster: Cluster) -> Iterator[CustomMetricsStandIn]:
     pki = cluster.lc.state / "pki"
-    cert, key = serving_cert(pki, tmp_path_factory.mktemp("custom-metrics"))
+    cert, key = serving_cert(pki, SERVICE, f"DNS:{SERVICE}.default.svc,DNS:localhost")
 
     def list_pods(namespace: str, selector: str) -> list[str]:
         return [p["metadata"]["name"] for p in cluster.list("pods", namespace, selector)]

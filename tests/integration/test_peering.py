@@ -29,7 +29,6 @@ ON_MODEL = "Handler 'on_model' is invoked"  # kopf's debug line for the ModelDep
 
 @dataclass
 class Replica:
-    name: str
     proc: subprocess.Popen[bytes]
     log: Path
     metrics_port: int
@@ -121,7 +120,7 @@ def replicas(
                 {**env, "POD_ID": name}, log, *chart_args[1:], f"--priority={priority}", "--log-level=debug",
                 metrics_port=port,
             )  # fmt: skip
-            started.append(Replica(name, proc, log, port))
+            started.append(Replica(proc, log, port))
         yield started[1], started[0]
     finally:
         for r in started:

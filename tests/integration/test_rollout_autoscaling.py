@@ -141,8 +141,7 @@ def test_surge_when_a_gpu_is_free_in_place_when_not(cluster: Cluster, namespace:
         "old pod gone", lambda: len(cluster.list("pods", namespace, "modeldeploy.dev/name=gpuroll")) == 1
     )
     # Occupy the other GPU: the next change replaces in place.
-    cluster.apply(_blocker(a100_node, 1), namespace)
-    cluster.wait("blocker running", lambda: _running(cluster, namespace, "app=blocker"))
+    _occupy_gpu(cluster, namespace, a100_node)
     body["spec"]["engine"]["maxTotalTokens"] = 3072
     cluster.apply(body, namespace)
     cluster.wait(
@@ -154,8 +153,7 @@ def test_surge_when_a_gpu_is_free_in_place_when_not(cluster: Cluster, namespace:
 
 def test_rollout_blocked_then_progress_deadline(cluster: Cluster, namespace: str, operator: Any,
                                                 a100_node: str) -> None:  # fmt: skip
-    cluster.apply(_blocker(a100_node, 1), namespace)
-    cluster.wait("blocker running", lambda: _running(cluster, namespace, "app=blocker"))
+    _occupy_gpu(cluster, namespace, a100_node)
     body = model(
         "stuck", resources={"gpus": 1, "gpuType": "nvidia-a100-80gb"}, rollout={"progressDeadlineSeconds": 60}
     )
@@ -207,13 +205,18 @@ def _strategy(cluster: Cluster, namespace: str) -> dict[str, Any] | None:
     return dep["spec"]["strategy"]["rollingUpdate"] if dep else None
 
 
-def _running(cluster: Cluster, namespace: str, selector: str) -> bool:
-    pods = cluster.list("pods", namespace, selector)
-    return bool(pods) and all(p["status"].get("phase") == "Running" for p in pods)
+def _occupy_gpu(cluster: Cluster, namespace: str, node: str) -> None:
+    """Another workload holding one GPU on the test's node; returns once it runs."""
+    cluster.apply(_blocker(node, 1), namespace)
+
+    def running() -> bool:
+        pods = cluster.list("pods", namespace, "app=blocker")
+        return bool(pods) and all(p["status"].get("phase") == "Running" for p in pods)
+
+    cluster.wait("blocker running", running)
 
 
 def _blocker(node: str, gpus: int) -> dict[str, Any]:
-    """Another workload holding GPUs on the test's node."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -20,15 +20,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import ssl
-import subprocess
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.standins.server import LocalServer
 
 GROUP = "custom.metrics.k8s.io"
 VERSION = "v1beta2"
@@ -40,69 +39,22 @@ ListPods = Callable[[str, str], list[str]]
 
 
 SERVICE = "custom-metrics-standin"
+"""The Service the APIService names; the serving certificate must carry its DNS name."""
 
 
-def serving_cert(pki: Path, out: Path, namespace: str = "default") -> tuple[Path, Path]:
-    """A serving certificate signed by the cluster's CA, so the APIService can carry the CA
-    bundle instead of skipping TLS verification. The aggregator checks the Service's DNS name."""
-    out.mkdir(parents=True, exist_ok=True)
-    key, csr, crt, ext = out / "metrics.key", out / "metrics.csr", out / "metrics.crt", out / "san.cnf"
-    ext.write_text(
-        f"[v3]\nsubjectAltName=DNS:{SERVICE}.{namespace}.svc,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-    )
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    openssl("genrsa", "-out", str(key), "2048")
-    openssl("req", "-new", "-key", str(key), "-subj", "/CN=custom-metrics-standin", "-out", str(csr))
-    openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
-        "-CAcreateserial", "-days", "30", "-extfile", str(ext), "-extensions", "v3", "-out", str(crt),
-    )  # fmt: skip
-    return crt, key
-
-
-class CustomMetricsStandIn:
+class CustomMetricsStandIn(LocalServer):
     """HTTPS server on 127.0.0.1 (an ephemeral port); use as a context manager.
     `set(namespace, metric, value)` sets the value every pod in the namespace reports."""
 
     def __init__(self, cert: Path, key: Path, list_pods: ListPods) -> None:
         self._values: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
-        self.requests: list[str] = []
         self._list_pods = list_pods
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(cert), str(key))
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        super().__init__(self._handler_class(), tls=(cert, key))
 
     def set(self, namespace: str, metric: str, value: float) -> None:
         with self._lock:
             self._values[(namespace, metric)] = value
-
-    def served(self, metric: str) -> int:
-        """How many metric reads asked for `metric` (discovery excluded)."""
-        with self._lock:
-            return sum(1 for r in self.requests if r.endswith(f"/{metric}"))
-
-    def __enter__(self) -> CustomMetricsStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     # -- API objects -------------------------------------------------------------------------
 
@@ -169,8 +121,6 @@ class CustomMetricsStandIn:
 
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
-                with standin._lock:
-                    standin.requests.append(url.path)
                 if url.path == PREFIX:
                     self._send(200, standin.discovery())
                     return

@@ -25,10 +25,11 @@ import struct
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.standins.server import LocalServer
 
 GRANTED_TOKEN = "hf_standin_granted"
 """A token the server knows and that has been granted access to the gated repositories."""
@@ -200,8 +201,8 @@ _API = re.compile(
 _RESOLVE = re.compile(rf"^/(?P<repo>{_REPO_ID})/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
-class HubStandIn:
-    """Threaded HTTP server on 127.0.0.1 (an ephemeral port); use as a context manager.
+class HubStandIn(LocalServer):
+    """HTTP server on 127.0.0.1 (an ephemeral port); use as a context manager.
 
     `requests` records (method, path, Authorization header) of every request, for assertions.
     """
@@ -213,27 +214,11 @@ class HubStandIn:
         self.tokens = frozenset(tokens)
         self.requests: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
+        super().__init__(self._handler_class())
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> HubStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        return f"http://127.0.0.1:{self.port}"
 
     # ---- request handling (called from the handler threads) ----
 
