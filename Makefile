@@ -3,6 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE ?= .modeldeploy/demo
+# Development tools (devtools/mdlocal: the local control plane) are not part of the operator
+# package; the demo, the benchmark, `make down` and the tests import them from here.
+export PYTHONPATH := $(CURDIR)/devtools$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: setup controlplane demo down test lint unit crd bench
 
@@ -22,12 +25,12 @@ demo: setup controlplane
 	$(PY) hack/demo.py --state $(STATE)
 
 down:
-	$(PY) -m modeldeploy.localcluster down $(STATE) || true
+	$(PY) -m mdlocal.localcluster down $(STATE) || true
 	@if [ -f $(STATE)/operator.pid ]; then kill $$(cat $(STATE)/operator.pid) 2>/dev/null || true; rm -f $(STATE)/operator.pid; fi
 
 lint: setup
-	$(VENV)/bin/ruff check operator tests hack
-	$(VENV)/bin/ruff format --check operator tests hack
+	$(VENV)/bin/ruff check operator devtools tests hack
+	$(VENV)/bin/ruff format --check operator devtools tests hack
 	$(VENV)/bin/mypy
 
 unit: setup

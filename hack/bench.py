@@ -2,7 +2,7 @@
 the operator's memory, on the local control plane. Prints figures; asserts nothing.
 
     make bench            # N=40 by default
-    .venv/bin/python hack/bench.py --models 80
+    PYTHONPATH=devtools .venv/bin/python hack/bench.py --models 80
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from typing import Any
 import yaml
 from kubernetes import config
 
-from modeldeploy.kube import Kube
-from modeldeploy.localcluster import (
+from mdlocal.localcluster import (
     H100_LABELS,
     Binaries,
     LocalCluster,
@@ -30,6 +29,7 @@ from modeldeploy.localcluster import (
     start_operator,
     stop_process,
 )
+from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Reconciler
 from modeldeploy.settings import Settings
 

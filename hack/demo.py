@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from modeldeploy.localcluster import Binaries, LocalCluster, log, start_operator, stop_state_dir, wait_for
+from mdlocal.localcluster import Binaries, LocalCluster, log, start_operator, stop_state_dir, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "models"

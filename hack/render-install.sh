@@ -16,7 +16,7 @@ if [[ -z "${HELM:-}" ]]; then
   py=.venv/bin/python
   [[ -x $py ]] || py=python3
   # Same helm as the tests use, so the output does not depend on whichever helm is installed.
-  HELM=$("$py" -c 'from modeldeploy.localcluster import Binaries; print(Binaries.locate().helm)' 2>/dev/null \
+  HELM=$(PYTHONPATH=devtools "$py" -c 'from mdlocal.localcluster import Binaries; print(Binaries.locate().helm)' 2>/dev/null \
     || command -v helm || true)
 fi
 if [[ -z "$HELM" ]]; then

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.localcluster import Binaries, LocalCluster, free_port, start_operator, stop_process, wait_for
+from mdlocal.localcluster import Binaries, LocalCluster, free_port, start_operator, stop_process, wait_for
 from tests.standins.hf_hub import HubStandIn
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.localcluster import start_operator, stop_process
+from mdlocal.localcluster import start_operator, stop_process
 from tests.conftest import Cluster, condition
 from tests.standins.hf_hub import HubStandIn
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from modeldeploy.localcluster import serving_cert
+from mdlocal.localcluster import serving_cert
 from tests.conftest import Cluster, condition
 from tests.integration.test_reconcile import model, wait_ready
 from tests.integration.test_rollout_autoscaling import replicas_owner

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from modeldeploy.localcluster import free_port, start_operator, stop_process
+from mdlocal.localcluster import free_port, start_operator, stop_process
 from tests.conftest import Cluster
 from tests.integration.test_helm import CHART, RELEASE, Obj, docs_of, install, sa_kubeconfig
 from tests.integration.test_reconcile import model, wait_ready

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.localcluster import NodeShape, node_manifest
+from mdlocal.localcluster import NodeShape, node_manifest
 from tests import kstatus
 from tests.conftest import Cluster, condition
 from tests.integration.test_reconcile import (

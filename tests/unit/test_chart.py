@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mdlocal.localcluster import Binaries
 from modeldeploy import catalog, cli
-from modeldeploy.localcluster import Binaries
 from modeldeploy.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,8 +2,10 @@
 kube-controller-manager, kube-scheduler and KWOK (simulated nodes), each a process
 started from the binaries `hack/build-controlplane.sh` builds.
 
-`python -m modeldeploy.localcluster up DIR` starts one and leaves it running;
-`python -m modeldeploy.localcluster down DIR` stops it.
+A development tool, kept out of the operator's package (it never ships in the wheel or image).
+With `devtools` on the path (the Makefile and pytest set it):
+`PYTHONPATH=devtools python -m mdlocal.localcluster up DIR` starts one and leaves it running;
+`PYTHONPATH=devtools python -m mdlocal.localcluster down DIR` stops it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import yaml
 
+# This file is devtools/mdlocal/localcluster.py in the repository.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN_USER = "modeldeploy-admin"
 GPU = "nvidia.com/gpu"
@@ -106,20 +109,57 @@ class ProcessExitedError(RuntimeError):
     """A process being waited on died: waiting longer cannot help."""
 
 
+# Errors a check raises because its own code is wrong, not because what it waits for is not
+# there yet: waiting longer cannot help, so they end the wait at once.
+BUG_ERRORS: tuple[type[Exception], ...] = (NameError, ImportError, SyntaxError, TypeError, AttributeError)
+
+
+def _not_yet(exc: Exception) -> bool:
+    """True for the errors of a check whose object is not there yet: a server refusing
+    connections, a failed kubectl, a missing key, a failed assertion, or an object read back as
+    None and then indexed ("'NoneType' object is not subscriptable"). TypeError and
+    AttributeError about anything but None are bugs in the check."""
+    if isinstance(exc, (TypeError, AttributeError)) and "'NoneType'" in str(exc):
+        return True
+    return not isinstance(exc, BUG_ERRORS)
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2) -> None:
-    """Poll `check` until it is true. Its other errors count as "not yet" (a server still
-    starting refuses connections), except ProcessExitedError, which ends the wait at once."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll `check` until it is true.
+
+    Errors that mean "not yet" (see `_not_yet`) are retried; the last one is named in the
+    TimeoutError (and chained to it), so a failing assertion does not read as a bare timeout.
+    Programming errors in the check (TypeError, AttributeError, NameError, ImportError) and
+    ProcessExitedError end the wait at once."""
+    started = time.monotonic()
+    deadline = started + timeout
+    last_error: Exception | None = None
+    last_error_at = 0.0
+    last_false = False
+    checks = 0
+    while True:
+        checks += 1
         try:
             if check():
                 return
+            last_false = True
         except ProcessExitedError:
             raise
-        except Exception:  # not up yet
-            pass
+        except Exception as e:
+            if not _not_yet(e):
+                raise
+            last_error, last_error_at, last_false = e, time.monotonic() - started, False
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    detail = [f"{checks} checks"]
+    if last_false:
+        detail.append("the last returned False")
+    if last_error is not None:
+        detail.append(f"last error (after {last_error_at:.1f}s): {type(last_error).__name__}: {last_error}")
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {what} ({'; '.join(detail)})"
+    ) from last_error
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -576,7 +616,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m modeldeploy.localcluster")
+    ap = argparse.ArgumentParser(prog="python -m mdlocal.localcluster")
     ap.add_argument("action", choices=["up", "down"])
     ap.add_argument("state", type=Path, help="directory for the cluster's files, pids and logs")
     args = ap.parse_args(argv)
