@@ -24,6 +24,50 @@ CRD = REPO / "crds" / "modeldeploy.dev_modeldeployments.yaml"
 OPERATOR_METRICS_PORT = free_port()
 
 
+class SkipsFail:
+    """A skipped test fails the session: a test that did not run proves nothing, so a missing
+    tool or control plane must read as a failure, never as a quiet "s" in the summary. Expected
+    failures (xfail, xpass) count as skips: a known-broken test hides what it tests."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+    @staticmethod
+    def _reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+        if hasattr(report, "wasxfail"):
+            return f"xfail: {report.wasxfail}" if report.wasxfail else "xfail"
+        longrepr = report.longrepr
+        if isinstance(longrepr, tuple) and len(longrepr) == 3:
+            return str(longrepr[2])  # (path, line, "Skipped: reason")
+        return str(longrepr)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.skipped:
+            self.skipped.append(f"{report.nodeid or '<collection>'}: {self._reason(report)}")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped or hasattr(report, "wasxfail"):
+            self.skipped.append(f"{report.nodeid}: {self._reason(report)}")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.skipped and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.skipped:
+            terminalreporter.section("skipped tests fail the suite", sep="=", red=True, bold=True)
+            for line in self.skipped:
+                terminalreporter.line(f"SKIPPED {line}", red=True)
+            terminalreporter.line(
+                f"{len(self.skipped)} skipped: the session fails (tests/conftest.py)", red=True
+            )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SkipsFail(), "modeldeploy-skips-fail")
+
+
 class Cluster:
     """Test-side handle: kubectl, JSON reads and waits."""
 
