@@ -299,6 +299,9 @@ class CacheVerdict(NamedTuple):
     status: CacheStatus
     reason: str
     message: str
+    # The weights are .bin only: TGI converts them to safetensors next to them at start-up, so
+    # the serving pods need the volume writable.
+    bin_only: bool = False
 
     @property
     def ready(self) -> bool:
@@ -560,10 +563,11 @@ def cache_status(
             msg += f" (commit {commit[:12]}"
             size = summary.get("bytes")
             msg += f", {size / GIB:.1f} GiB)" if isinstance(size, int) else ")"
-        if summary.get("format") == "bin":
+        bin_only = summary.get("format") == "bin"
+        if bin_only:
             # TGI converts .bin weights to safetensors at start-up and writes them into the cache.
             msg += "; the weights are .bin only, which TGI converts at start-up into the volume"
-        return _verdict(claim, "Ready", Reason.ready, msg, revision=commit)
+        return _verdict(claim, "Ready", Reason.ready, msg, revision=commit)._replace(bin_only=bin_only)
     if _job_condition(job, "Failed", "FailureTarget") is not None:
         return _failed_verdict(claim, pvc, job, pods, model, rev)
     problem = _pod_problem(pods)

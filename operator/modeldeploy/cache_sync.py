@@ -33,65 +33,107 @@ class CacheSync:
         arch: ModelArchitecture | None,
         image: str,
         affinity: Obj | None,
+        *,
+        write: bool = True,
     ) -> cache.CacheVerdict:
-        """Apply the cache for (model id, revision) and say where it stands. May raise SpecError."""
+        """Create the cache for (model id, revision) if missing and say where it stands. May
+        raise SpecError. With write=False nothing is created or changed (a status refresh).
+
+        The PVC and the Job are created once and never re-applied: a bound claim's spec and a
+        Job's pod template are immutable, and the weights of one revision are the same whatever
+        image, scheduling or token a later user has. So a change of any of those, a second
+        model sharing the cache, or a new operator version never blocks a model; only a failed
+        Job whose inputs changed is replaced (see cache.should_replace_job)."""
         revision = spec.model.revision
         key = cache.cache_key(model_id, revision)
         claim = cache.claim_name(model_id, revision)
         size = cache.cache_size(spec.cache, cache.disk_weight_gib(arch) if arch else None)
-        models = self.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
-        pvc = cache.render_pvc(model_id, revision, namespace, spec.cache, size)
-        existing_pvc = self.kube.get("v1", "PersistentVolumeClaim", namespace, claim)
-        if existing_pvc is not None:
-            # A bound claim keeps the size it was made with (growing it is a separate operation).
-            pvc["spec"]["resources"] = existing_pvc["spec"]["resources"]
-            pvc["spec"].pop("storageClassName", None)
-            if existing_pvc["spec"].get("storageClassName") is not None:
-                pvc["spec"]["storageClassName"] = existing_pvc["spec"]["storageClassName"]
-        retain = cache.desired_retain(models, key)
-        if retain is not None:
-            pvc["metadata"]["annotations"][cache.RETAIN_ANNOTATION] = "true" if retain else "false"
-        pvc_obj = self.kube.apply(pvc)
+        pvc_obj = self.kube.get("v1", "PersistentVolumeClaim", namespace, claim)
+        if write:
+            pvc_obj = self._ensure_pvc(namespace, spec, model_id, key, size, pvc_obj)
 
         job_obj: Obj | None = None
         pods: list[Obj] = []
         if spec.cache.prefetch:
-            job = cache.render_job(
-                model_id,
-                revision,
-                namespace,
-                image=image,
-                hf_endpoint=self.settings.hf_endpoint,
-                token_ref=spec.model.token_secret_ref,
-                scheduling=spec.scheduling,
-                affinity=affinity,
-            )
-            existing = self.kube.get("batch/v1", "Job", namespace, claim)
-            if existing is not None and cache.should_replace_job(existing, job):
-                # A failed Job whose inputs changed (e.g. a token added): start over.
-                self.kube.delete(existing)
-                existing = None
-            if existing is None or not existing["metadata"].get("deletionTimestamp"):
-                job_obj = self.kube.apply(job)
+            job_obj = self.kube.get("batch/v1", "Job", namespace, claim)
+            if write and (job_obj is None or not job_obj["metadata"].get("deletionTimestamp")):
+                job = cache.render_job(
+                    model_id,
+                    revision,
+                    namespace,
+                    image=image,
+                    hf_endpoint=self.settings.hf_endpoint,
+                    token_ref=spec.model.token_secret_ref,
+                    scheduling=spec.scheduling,
+                    affinity=affinity,
+                )
+                if job_obj is not None and cache.should_replace_job(job_obj, job):
+                    # A failed Job whose inputs changed (e.g. a token added): start over.
+                    log.info("%s: replacing failed prefetch Job %s: its inputs changed", namespace, claim)
+                    self.kube.delete(job_obj)
+                    job_obj = None
+                elif job_obj is None:
+                    self.kube.create_if_absent(job)
+                    job_obj = self.kube.get("batch/v1", "Job", namespace, claim)
             pods = self.kube.list("v1", "Pod", namespace, cache.selector_string(key))
 
+        if pvc_obj is None:
+            return cache.cache_status(claim, None, job_obj, pods, prefetch=spec.cache.prefetch)
         sc_name = pvc_obj["spec"].get("storageClassName")
-        events = self.kube.list(
-            "v1",
-            "Event",
-            namespace,
-            field_selector=f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim}",
-        )
+        phase = (pvc_obj.get("status") or {}).get("phase")
+        events: list[Obj] = []
+        exists: bool | None = None
+        if phase != "Bound":
+            # Only an unbound claim can have a provisioning problem to explain.
+            events = self.kube.list(
+                "v1",
+                "Event",
+                namespace,
+                field_selector=f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim}",
+            )
+            exists = self._storage_class_exists(sc_name)
         return cache.cache_status(
             claim,
             pvc_obj,
             job_obj,
             pods,
             prefetch=spec.cache.prefetch,
-            storage_class_exists=self._storage_class_exists(sc_name),
+            storage_class_exists=exists,
             events=events,
             progress=self._progress(namespace, pods),
         )
+
+    def _ensure_pvc(
+        self,
+        namespace: str,
+        spec: ModelDeploymentSpec,
+        model_id: str,
+        key: str,
+        size: str,
+        existing: Obj | None,
+    ) -> Obj | None:
+        revision = spec.model.revision
+        claim = cache.claim_name(model_id, revision)
+        models = self.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
+        retain = cache.desired_retain(models, key)
+        if existing is None:
+            pvc = cache.render_pvc(model_id, revision, namespace, spec.cache, size)
+            if retain is not None:
+                pvc["metadata"]["annotations"][cache.RETAIN_ANNOTATION] = "true" if retain else "false"
+            self.kube.create_if_absent(pvc)
+            return self.kube.get("v1", "PersistentVolumeClaim", namespace, claim)
+        # Only the retain annotation follows the users; the claim itself is never re-applied.
+        want = None if retain is None else ("true" if retain else "false")
+        have = (existing["metadata"].get("annotations") or {}).get(cache.RETAIN_ANNOTATION)
+        if want is not None and want != have:
+            return self.kube.merge_patch(
+                "v1",
+                "PersistentVolumeClaim",
+                namespace,
+                claim,
+                {"metadata": {"annotations": {cache.RETAIN_ANNOTATION: want}}},
+            )
+        return existing
 
     def _progress(self, namespace: str, pods: list[Obj]) -> str:
         """The last progress line the running prefetch pod printed (best effort)."""

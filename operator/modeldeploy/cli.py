@@ -20,7 +20,7 @@ from modeldeploy import KIND, metrics, peering, render
 from modeldeploy.api import ModelDeploymentSpec
 from modeldeploy.errors import SpecError
 from modeldeploy.reconcile import spec_error_from_validation
-from modeldeploy.resolve import ClusterFacts, model_facts, plan_model, resolve
+from modeldeploy.resolve import ClusterFacts, model_facts, plan_model, resolve, static_rules
 from modeldeploy.settings import Settings
 
 # kopf peering priorities drawn when --priority is not given: 1..this.
@@ -115,6 +115,7 @@ def plan_table(path: str, gpu_type: str | None, settings: Settings) -> str:
             spec = asked.model_copy(
                 update={"resources": asked.resources.model_copy(update={"gpu_type": gpu_type})}
             )
+        static_rules(spec)
         model_id, arch = model_facts(spec)
         if arch is None:
             lines.append(f"{name}: {model_id}: no architecture facts (not in the catalog): nothing to plan")

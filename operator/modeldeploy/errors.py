@@ -8,10 +8,12 @@ class SpecError(ValueError):
 
     reason = "InvalidSpec"
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, reason: str | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        if reason is not None:
+            self.reason = reason
 
 
 class DoesNotFitError(SpecError):

@@ -1,5 +1,7 @@
-"""kopf handlers. Every one of them ends in the same `Reconciler.reconcile` and returns None
-(kopf would write a handler's return value into status, which holds only our schema).
+"""kopf handlers. They only mark models dirty in the keyed work queue and return None (kopf
+would write a handler's return value into status, which holds only our schema); the queue's
+workers run `Reconciler.reconcile`. A handler never raises, so kopf never delays a new
+generation behind the retry of an old one: failures are retried by the queue, with backoff.
 
 No deletion handler and no kopf timer: both make kopf add a finalizer, and a finalizer would
 block `kubectl delete` while the operator is down. Children go by garbage collection (owner
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -20,10 +23,12 @@ from modeldeploy import GROUP, PLURAL, VERSION, cache, metrics, peering, render
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Reconciler, owner_of
 from modeldeploy.settings import Settings
+from modeldeploy.workqueue import WorkQueue
 
 log = logging.getLogger("modeldeploy")
 _state: dict[str, Any] = {}
 _stop = threading.Event()
+WORKERS = int(os.environ.get("MODELDEPLOY_WORKERS", "4"))
 
 
 def reconciler() -> Reconciler:
@@ -33,6 +38,17 @@ def reconciler() -> Reconciler:
         _state["reconciler"] = rec
     assert isinstance(rec, Reconciler)
     return rec
+
+
+def queue() -> WorkQueue:
+    q = _state.get("queue")
+    if q is None:
+        rec = reconciler()
+        q = WorkQueue(lambda key, apply: rec.reconcile(key[0], key[1], apply=apply), workers=WORKERS)
+        q.start()
+        _state["queue"] = q
+    assert isinstance(q, WorkQueue)
+    return q
 
 
 def configure(
@@ -101,19 +117,29 @@ def _active(rec: Reconciler, scopes: list[str | None]) -> bool:
 
 
 def _resync(rec: Reconciler, scopes: list[str | None]) -> None:
+    """Every model back into the queue, and caches nobody uses collected: each step on its own,
+    so one failure skips nothing else."""
     for scope in scopes:
         try:
             models = rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", scope)
-            log.debug("resync of %s: %d models", scope or "all namespaces", len(models))
-            for body in models:
-                meta = body["metadata"]
-                rec.reconcile(meta["namespace"], meta["name"])
-            # Also catches models deleted while the operator was down (no finalizer).
+        except Exception as e:
+            log.warning("resync of %s: cannot list models: %s", scope or "all namespaces", e)
+            continue
+        log.debug("resync of %s: %d models", scope or "all namespaces", len(models))
+        for body in models:
+            meta = body["metadata"]
+            queue().add((meta["namespace"], meta["name"]))
+        # Also catches models deleted while the operator was down (no finalizer).
+        try:
             pvcs = rec.kube.list("v1", "PersistentVolumeClaim", scope, cache.CACHE_KEY_LABEL)
-            for ns in sorted({p["metadata"]["namespace"] for p in pvcs}):
+        except Exception as e:
+            log.warning("resync of %s: cannot list caches: %s", scope or "all namespaces", e)
+            continue
+        for ns in sorted({p["metadata"]["namespace"] for p in pvcs}):
+            try:
                 rec.caches.collect_garbage(ns)
-        except Exception:
-            log.exception("periodic resync of %s failed; will retry", scope or "all namespaces")
+            except Exception as e:
+                log.warning("%s: collecting unused caches failed: %s", ns, e)
 
 
 def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
@@ -146,6 +172,9 @@ def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
     _stop.set()
+    q = _state.get("queue")
+    if isinstance(q, WorkQueue):
+        q.stop()
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -153,22 +182,17 @@ def cleanup(**_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_model(name: str, namespace: str | None, **_: Any) -> None:
     if namespace:
-        reconciler().reconcile(namespace, name)
+        queue().add((namespace, name))
 
 
-def _on_child(meta: dict[str, Any], namespace: str, apply: bool) -> None:
-    owner = owner_of(dict(meta))
-    if owner is not None:
-        reconciler().reconcile(namespace, owner, apply=apply)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
-@kopf.on.event("v1", "services", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={"app.kubernetes.io/managed-by": "modeldeploy"})
+@kopf.on.event("apps", "v1", "deployments", labels={render.NAME_LABEL: kopf.PRESENT})
+@kopf.on.event("v1", "services", labels={render.NAME_LABEL: kopf.PRESENT})
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={render.NAME_LABEL: kopf.PRESENT})
 def on_child(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
     # A child changed (rollout progress, or someone edited it): re-apply and refresh status.
-    if namespace:
-        _on_child(dict(meta), namespace, apply=True)
+    owner = owner_of(dict(meta))
+    if namespace and owner is not None:
+        queue().add((namespace, owner))
 
 
 @kopf.on.event("v1", "pods", labels={render.NAME_LABEL: kopf.PRESENT})
@@ -176,7 +200,7 @@ def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
     # Pods carry causes (Unschedulable, CrashLoopBackOff ...): refresh status only.
     name = labels.get(render.NAME_LABEL)
     if name and namespace:
-        reconciler().reconcile(namespace, name, apply=False)
+        queue().add((namespace, name), apply=False)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -184,7 +208,11 @@ def on_model_event(type: str, name: str, namespace: str | None, **_: Any) -> Non
     # A deleted model may leave a cache nobody uses; deletion needs no finalizer for this.
     if type == "DELETED" and namespace:
         metrics.forget(namespace, name)
-        reconciler().caches.collect_garbage(namespace)
+        queue().forget((namespace, name))
+        try:
+            reconciler().caches.collect_garbage(namespace)
+        except Exception as e:
+            log.warning("%s: collecting unused caches after %s was deleted failed: %s", namespace, name, e)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})
@@ -195,10 +223,13 @@ def on_cache(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
         return
     rec = reconciler()
     key = labels.get(cache.CACHE_KEY_LABEL, "")
-    models = rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
-    users = cache.users(models, key)
-    for name in users:
-        rec.reconcile(namespace, name)
-    if not users:
-        # A volume or Job nobody uses (e.g. re-created by a pass that raced a deletion).
-        rec.caches.collect_garbage(namespace)
+    try:
+        models = rec.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
+        users = cache.users(models, key)
+        for name in users:
+            queue().add((namespace, name))
+        if not users:
+            # A volume or Job nobody uses (e.g. re-created by a pass that raced a deletion).
+            rec.caches.collect_garbage(namespace)
+    except Exception as e:
+        log.warning("%s: cache %s event not handled: %s", namespace, key, e)

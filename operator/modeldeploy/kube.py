@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import threading
 import time
@@ -22,6 +23,17 @@ from modeldeploy import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 
 Obj = dict[str, Any]
 DISCOVERY_RETRY_SECONDS = float(os.environ.get("MODELDEPLOY_DISCOVERY_RETRY_SECONDS", "30"))
+# (connect, read) seconds for every request: a half-open connection must never hold a worker
+# (and the model it works on) forever.
+REQUEST_TIMEOUT = (5.0, float(os.environ.get("MODELDEPLOY_REQUEST_TIMEOUT_SECONDS", "30")))
+STATUS_FIELD_MANAGER = f"{FIELD_MANAGER}-status"
+
+
+def apply_body(obj: Obj) -> bytes:
+    """An apply body as UTF-8 JSON. Apply bodies are parsed as YAML, which has no surrogate
+    pairs: json.dumps' default `\\ud83d\\ude00` escapes of characters outside the Basic
+    Multilingual Plane would be refused, so they are sent as they are."""
+    return json.dumps(obj, ensure_ascii=False).encode()
 
 
 def load_config() -> client.ApiClient:
@@ -73,15 +85,20 @@ class Kube:
 
     # -- generic objects ----------------------------------------------------------------------
 
-    def apply(self, obj: Obj, field_manager: str = FIELD_MANAGER) -> Obj:
-        """Server-side apply with our one field manager, forcing conflicts on objects we own."""
+    def apply(
+        self, obj: Obj, field_manager: str = FIELD_MANAGER, *, force: bool = True, dry_run: bool = False
+    ) -> Obj:
+        """Server-side apply. `force` takes over fields another manager holds: only for objects
+        this model controls."""
         res = self._resource(obj["apiVersion"], obj["kind"])
         out = res.server_side_apply(
-            body=obj,
+            body=apply_body(obj),
             name=obj["metadata"]["name"],
             namespace=obj["metadata"].get("namespace"),
             field_manager=field_manager,
-            force_conflicts=True,
+            force_conflicts=force,
+            dry_run="All" if dry_run else None,
+            _request_timeout=REQUEST_TIMEOUT,
         )
         return dict(out.to_dict())
 
@@ -89,15 +106,27 @@ class Kube:
         """Create the object unless it exists (a plain create: never touches an existing one)."""
         try:
             self._resource(obj["apiVersion"], obj["kind"]).create(
-                body=obj, namespace=obj["metadata"].get("namespace")
+                body=obj, namespace=obj["metadata"].get("namespace"), _request_timeout=REQUEST_TIMEOUT
             )
         except ConflictError:
             return False
         return True
 
+    def merge_patch(self, api_version: str, kind: str, namespace: str | None, name: str, patch: Obj) -> Obj:
+        out = self._resource(api_version, kind).patch(
+            body=patch,
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return dict(out.to_dict())
+
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
         try:
-            out = self._resource(api_version, kind).get(name=name, namespace=namespace)
+            out = self._resource(api_version, kind).get(
+                name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT
+            )
         except NotFoundError:
             return None
         return dict(out.to_dict())
@@ -111,7 +140,10 @@ class Kube:
         field_selector: str = "",
     ) -> list[Obj]:
         out = self._resource(api_version, kind).get(
-            namespace=namespace, label_selector=label_selector, field_selector=field_selector
+            namespace=namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            _request_timeout=REQUEST_TIMEOUT,
         )
         return [dict(i) for i in out.to_dict().get("items", [])]
 
@@ -122,24 +154,44 @@ class Kube:
                 name=meta["name"],
                 namespace=meta.get("namespace"),
                 body={"propagationPolicy": "Background", "preconditions": {"uid": meta.get("uid")}},
+                _request_timeout=REQUEST_TIMEOUT,
             )
 
     # -- ModelDeployments ---------------------------------------------------------------------
 
     def get_model(self, namespace: str, name: str) -> Obj | None:
         try:
-            out = cast(Obj, self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+            out = cast(
+                Obj,
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+                ),
+            )
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
         return out
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        # A merge patch of the status subresource: the spec is never written.
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+    def apply_status(self, namespace: str, name: str, status: Obj) -> Obj:
+        """Server-side apply of the status subresource with the status field manager: what this
+        manager set before and leaves out now is removed; the spec is never written."""
+        res = self._resource(f"{GROUP}/{VERSION}", KIND).status
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": name},
+            "status": status,
+        }
+        out = res.server_side_apply(
+            body=apply_body(body),
+            name=name,
+            namespace=namespace,
+            field_manager=STATUS_FIELD_MANAGER,
+            force_conflicts=True,
+            _request_timeout=REQUEST_TIMEOUT,
         )
+        return dict(out.to_dict())
 
     def pod_log_tail(self, namespace: str, name: str, container: str, lines: int) -> str:
         out = self.core.read_namespaced_pod_log(
@@ -170,4 +222,4 @@ class Kube:
             last_timestamp=ts,
             count=1,
         )
-        self.core.create_namespaced_event(meta["namespace"], body)
+        self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)

@@ -1,14 +1,18 @@
-"""The one reconcile: read the ModelDeployment, resolve and render its children, apply them all
-with server-side apply, delete what is no longer desired, and write status from what was
-observed. Safe to run any number of times; an unchanged object causes no writes.
+"""The one reconcile pass for a model, in its phases: observe what the cluster holds, plan
+(pure: GPU fit, quantization rules, sticky GPU type), ensure the weight cache, render the
+children (pure), apply them, and write status. Safe to run any number of times; an unchanged
+model causes no writes.
+
+What status promises: `observedGeneration` is the generation whose children were applied, or
+which was refused with Stalled naming the field. A pass that applied nothing (a status refresh,
+a transient failure) leaves it where it was, so GitOps tools never read an old rollout as the
+new one.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,8 +20,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 from pydantic import ValidationError
 
-from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, cache, metrics, render, status
-from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, cache, metrics, observe, render, status
+from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec, ModelDeploymentStatus, PlanStatus
+from modeldeploy.apierrors import RefusedError, TransientError, classify
 from modeldeploy.cache_sync import CacheSync
 from modeldeploy.errors import SpecError
 from modeldeploy.hubfacts import FactsUnavailableError, HubFacts
@@ -37,22 +42,12 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 )
+# Status fields and condition types this pass owns (others' are left alone).
+OWN_STATUS_FIELDS = frozenset(ModelDeploymentStatus.model_json_schema(by_alias=True)["properties"])
+OWN_CONDITIONS = frozenset({"Ready", "Reconciling", "Stalled", "CacheReady"})
 
 DEFAULT_HUB = "https://huggingface.co"
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-autoscaling-handover"
-
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
-
-
-def _lock(namespace: str, name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks[(namespace, name)]
-
-
-def _gone(e: ApiException | DynamicApiError) -> bool:
-    body = str(getattr(e, "body", "") or "")
-    return e.status == 404 or (e.status == 403 and "NamespaceTerminating" in body)
 
 
 def spec_error_from_validation(err: ValidationError) -> SpecError:
@@ -62,13 +57,21 @@ def spec_error_from_validation(err: ValidationError) -> SpecError:
 
 
 def _prior_status(body: Obj) -> ModelDeploymentStatus | None:
-    raw = body.get("status")
+    raw = own_status(body.get("status") or {})
     if not raw:
         return None
     try:
         return ModelDeploymentStatus.model_validate(raw)
     except ValidationError:
         return None
+
+
+def own_status(raw: Obj) -> Obj:
+    """The part of a status this pass writes: what its next write is compared with."""
+    out = {k: v for k, v in raw.items() if k in OWN_STATUS_FIELDS}
+    if "conditions" in out:
+        out["conditions"] = [c for c in out["conditions"] or [] if c.get("type") in OWN_CONDITIONS]
+    return out
 
 
 def _controlled_by(obj: Obj, uid: str) -> bool:
@@ -81,143 +84,132 @@ def _controlled_by(obj: Obj, uid: str) -> bool:
 
 
 @dataclass
+class Snapshot:
+    """What `observe` read for one model."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    prior: ModelDeploymentStatus | None
+    spec: ModelDeploymentSpec | None
+    error: SpecError | None
+    facts: ClusterFacts | None = None
+    read_arch: ModelArchitecture | None = None
+
+    @property
+    def applied_generation(self) -> int:
+        return (self.prior.observed_generation or 0) if self.prior else 0
+
+
+@dataclass
+class Planned:
+    """The plan and what to render from it."""
+
+    resolved: render.Resolved
+    plan: PlanStatus
+    verdict: cache.CacheVerdict | None = None
+    desired: list[Obj] = field(default_factory=list)
+    hold: bool = False  # waiting for the cache: only the Service is desired
+
+
+@dataclass
 class Reconciler:
     kube: Kube
     settings: Settings
     caches: CacheSync = field(init=False)
     hub: HubFacts = field(init=False)
+    # The last failure logged in full per model: repeats are logged in one line.
+    _logged: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.caches = CacheSync(self.kube, self.settings)
         self.hub = HubFacts(self.settings.hf_endpoint or DEFAULT_HUB)
 
-    def reconcile(self, namespace: str, name: str, apply: bool = True) -> None:
-        """Full pass (apply + status), or with apply=False only a status refresh."""
-        with _lock(namespace, name):
-            body = self.kube.get_model(namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            started = time.perf_counter()
-            try:
-                outcome = self._reconcile(body, apply)
-            except (ApiException, DynamicApiError) as e:
-                if _gone(e):
-                    # Deleted (or its namespace is going) while this pass ran: nothing to do.
-                    log.debug("%s/%s went away during reconcile: %s", namespace, name, e.reason)
-                    metrics.forget(namespace, name)
-                    return
-                metrics.RECONCILES.labels("error").inc()
-                raise
-            metrics.RECONCILES.labels(outcome).inc()
-            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    # -- the pass -------------------------------------------------------------------------------
 
-    def _reconcile(self, body: Obj, apply: bool) -> str:
-        meta = body["metadata"]
-        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        generation = int(meta.get("generation", 1))
-        prior = _prior_status(body)
-        error: SpecError | None = None
-        desired: list[Obj] | None = None
-        plan = None
-        facts: ClusterFacts | None = None
-        resolved: render.Resolved | None = None
-        model_id = ""
-        fixed_replicas: int | None = None  # the spec's replicas, when no autoscaler owns them
-        autoscaled_min = 0
-        verdict: cache.CacheVerdict | None = None
-        hold = False
+    def reconcile(self, namespace: str, name: str, apply: bool = True) -> bool:
+        """One pass: with apply=False only a status refresh. Returns True when it should be
+        retried later (a transient failure); every other outcome is in the model's status."""
+        started = time.perf_counter()
         try:
-            spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
-            facts = ClusterFacts.gather(self.kube, namespace, name)
-            read_arch = self._read_arch(spec)
-            resolved, plan = resolve(spec, self.settings, facts, read_arch)
-            owner = render.Owner(name=name, uid=uid)
-            if spec.cache.enabled:
-                arch = model_facts(spec)[1] or read_arch
-                verdict = self.caches.ensure(
-                    namespace, spec, resolved.model_id, arch, resolved.image, render.affinity(resolved)
-                )
-                if verdict.ready and arch is None:
-                    # Facts the prefetch read from the downloaded files (gated models too, as the
-                    # Job has the token): plan now, before any serving pod exists.
-                    prefetched = self.caches.prefetched_architecture(namespace, resolved.model_id, spec)
-                    if prefetched is not None:
-                        resolved, plan = resolve(spec, self.settings, facts, prefetched)
-                if verdict.ready:
-                    # Without prefetch the first pod fills the volume, so it must write and go online.
-                    mount = render.CacheMount(verdict.status.claim_name, prefetched=spec.cache.prefetch)
-                    resolved = with_strategy(spec, replace(resolved, cache=mount), facts)
-            if verdict is None or verdict.ready:
-                desired = render.render(name, namespace, spec, resolved, owner)
-            else:
-                # No GPU pod waits on a download: only the Service until the cache is ready;
-                # a Deployment already serving (say, the previous revision) is left as it is.
-                desired = [render.service(name, namespace, owner)]
-                hold = True
-            model_id = resolved.model_id
-            if spec.autoscaling.enabled:
-                autoscaled_min = spec.autoscaling.min_replicas
-            else:
-                fixed_replicas = spec.replicas
-        except ValidationError as e:
-            error = spec_error_from_validation(e)
-        except SpecError as e:
-            error = e
+            outcome = self._pass(namespace, name, apply)
+        except (ApiException, DynamicApiError) as e:
+            if _gone(e):
+                # Deleted (or its namespace is going) while this pass ran: nothing to do.
+                log.debug("%s/%s went away during the pass: %s", namespace, name, e.reason)
+                metrics.forget(namespace, name)
+                return False
+            self._log_failure(namespace, name, f"{e.status} {e.reason}", exc=True)
+            outcome = "error"
+        except Exception as e:  # timeouts, connection errors, bugs: never lose the model
+            self._log_failure(namespace, name, f"{type(e).__name__}: {e}", exc=True)
+            outcome = "error"
+        metrics.RECONCILES.labels(outcome).inc()
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        return outcome in ("error", "retry")
 
-        # The Deployment as this pass last saw it: read once (with the facts), or as applied.
-        dep = (
-            facts.deployment if facts is not None else self.kube.get("apps/v1", "Deployment", namespace, name)
-        )
-        if desired is not None and apply:
-            # Nothing is applied for a refused spec: the last good children keep serving.
-            if desired[0]["kind"] == "Deployment" and "replicas" not in desired[0]["spec"]:
-                self._hand_over_replicas(dep)
-            for obj in desired:
-                out = self.kube.apply(obj)
-                if obj["kind"] == "Deployment":
-                    dep = out
-            self._prune(namespace, name, uid, desired, hold)
-
-        if dep is not None and not _controlled_by(dep, uid):
-            dep = None
-        pods = self.kube.list("v1", "Pod", namespace, render.selector_string(name)) if dep else []
-        blocked = None
-        if facts is not None and resolved is not None:
-            why = rollout_blocked(dep, pods, facts, resolved.gpus, resolved.gpu_products)
-            blocked = status.Blocked(*why) if why else None
-        if fixed_replicas is not None:
-            desired_replicas = fixed_replicas
+    def _pass(self, namespace: str, name: str, apply: bool) -> str:
+        snap = self.observe(namespace, name)
+        if snap is None:
+            return "gone"
+        error = snap.error
+        planned: Planned | None = None
+        transient: TransientError | None = None
+        applied = False
+        dep = snap.facts.deployment if snap.facts else None
+        if error is None:
+            assert snap.spec is not None and snap.facts is not None
+            try:
+                planned = self.plan(snap)
+                planned = self.ensure_cache(snap, planned, write=apply)
+                planned.desired = self.render(snap, planned)
+                if apply:
+                    dep = self.apply(snap, planned.desired, planned.hold) or dep
+                    applied = True
+            except SpecError as e:
+                error = e
+            except RefusedError as e:
+                error = e.spec_error()
+            except TransientError as e:
+                transient = e
+        outcome = self.write_status(snap, planned, dep, error, transient, applied)
+        if error is not None:
+            self._log_failure(namespace, name, f"{error.field}: {error.message}", exc=False)
+        elif transient is not None:
+            self._log_failure(namespace, name, transient.message, exc=False)
         else:
-            # An autoscaler (or, for a refused spec, the last good spec) decides: read it back.
-            desired_replicas = int((dep or {}).get("spec", {}).get("replicas") or autoscaled_min)
-        observed = status.Observed(
-            desired_replicas=desired_replicas,
-            deployment=dep,
-            pods=pods,
-            plan=plan,
-            model_id=model_id,
-            blocked=blocked,
-            cache=verdict,
-        )
-        new = status.compute(
-            name=name,
+            self._logged.pop((namespace, name), None)
+        return outcome
+
+    # -- observe --------------------------------------------------------------------------------
+
+    def observe(self, namespace: str, name: str) -> Snapshot | None:
+        body = self.kube.get_model(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        meta = body["metadata"]
+        snap = Snapshot(
             namespace=namespace,
-            generation=generation,
-            selector=render.selector_string(name),
-            endpoint=render.endpoint(name, namespace),
-            observed=observed,
-            error=error,
-            prior=prior,
-            now=now_rfc3339(),
+            name=name,
+            uid=meta["uid"],
+            generation=int(meta.get("generation", 1)),
+            prior=_prior_status(body),
+            spec=None,
+            error=None,
         )
-        new_raw = new.model_dump(by_alias=True, exclude_none=True)
-        prior_raw = prior.model_dump(by_alias=True, exclude_none=True) if prior else None
-        if new_raw != prior_raw:
-            self.kube.patch_status(namespace, name, new_raw)
-        for t in status.transitions(prior, new):
-            self._event(body, t)
-        metrics.record_conditions(namespace, name, [(c.type, c.status) for c in new.conditions])
-        return "refused" if error is not None else "ok"
+        try:
+            snap.spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as e:
+            snap.error = spec_error_from_validation(e)
+            snap.facts = ClusterFacts(deployment=self.kube.get("apps/v1", "Deployment", namespace, name))
+            return snap
+        snap.facts = observe.cluster_facts(self.kube, namespace, name)
+        try:
+            snap.read_arch = self._read_arch(snap.spec)
+        except SpecError as e:
+            snap.error = e
+        return snap
 
     def _read_arch(self, spec: ModelDeploymentSpec) -> ModelArchitecture | None:
         """Facts from the model's config.json when neither spec nor catalog has them."""
@@ -230,6 +222,112 @@ class Reconciler:
             # Gated, private or unreachable: serve as asked, without a plan.
             log.debug("no architecture facts for %s: %s", model_id, e)
             return None
+
+    # -- plan (pure) ----------------------------------------------------------------------------
+
+    def plan(self, snap: Snapshot, arch: ModelArchitecture | None = None) -> Planned:
+        assert snap.spec is not None and snap.facts is not None
+        sticky = ""
+        if not snap.spec.resources.gpu_type and snap.prior is not None and snap.prior.plan is not None:
+            sticky = snap.prior.plan.gpu_type
+        resolved, plan = resolve(snap.spec, self.settings, snap.facts, arch or snap.read_arch, sticky)
+        return Planned(resolved, plan)
+
+    # -- cache ----------------------------------------------------------------------------------
+
+    def ensure_cache(self, snap: Snapshot, planned: Planned, write: bool) -> Planned:
+        spec, facts = snap.spec, snap.facts
+        assert spec is not None and facts is not None
+        if not spec.cache.enabled:
+            return planned
+        resolved = planned.resolved
+        arch = model_facts(spec)[1] or snap.read_arch
+        verdict = self.caches.ensure(
+            snap.namespace,
+            spec,
+            resolved.model_id,
+            arch,
+            resolved.image,
+            render.affinity(resolved),
+            write=write,
+        )
+        planned.verdict = verdict
+        if not verdict.ready:
+            planned.hold = True
+            return planned
+        if arch is None:
+            # Facts the prefetch read from the downloaded files (gated models too, as the Job has
+            # the token): plan now, before any serving pod exists.
+            prefetched = self.caches.prefetched_architecture(snap.namespace, resolved.model_id, spec)
+            if prefetched is not None:
+                replanned = self.plan(snap, prefetched)
+                planned.resolved, planned.plan = replanned.resolved, replanned.plan
+        # Without prefetch the first pod fills the volume, so it must write and go online.
+        # .bin-only weights are converted to safetensors by TGI at start-up, next to them.
+        mount = render.CacheMount(
+            verdict.status.claim_name,
+            prefetched=spec.cache.prefetch,
+            writable=not spec.cache.prefetch or verdict.bin_only,
+        )
+        planned.resolved = with_strategy(spec, replace(planned.resolved, cache=mount), facts)
+        return planned
+
+    # -- render (pure) --------------------------------------------------------------------------
+
+    def render(self, snap: Snapshot, planned: Planned) -> list[Obj]:
+        assert snap.spec is not None
+        owner = render.Owner(name=snap.name, uid=snap.uid)
+        if planned.hold:
+            # No GPU pod waits on a download: only the Service until the cache is ready; a
+            # Deployment already serving (say, the previous revision) is left as it is.
+            return [render.service(snap.name, snap.namespace, owner)]
+        return render.render(snap.name, snap.namespace, snap.spec, planned.resolved, owner)
+
+    # -- apply ----------------------------------------------------------------------------------
+
+    def apply(self, snap: Snapshot, desired: list[Obj], hold: bool) -> Obj | None:
+        """Apply the children; returns the Deployment as applied (None if not rendered).
+
+        The first pass of a generation applies everything as a dry run first, so a change the
+        API server refuses leaves the last good children whole, never half-applied. Raises
+        RefusedError (permanent: reported as Stalled) or TransientError (retried with backoff)."""
+        assert snap.facts is not None
+        dep_before = snap.facts.deployment
+        try:
+            existing = observe.existing_children(self.kube, desired, dep_before)
+        except (ApiException, DynamicApiError) as e:
+            raise classify(e, "reading the children") from e
+        ours: dict[tuple[str, str], bool] = {}
+        for obj in desired:
+            key = (obj["kind"], obj["metadata"]["name"])
+            found = existing.get(key)
+            if found is not None and not _controlled_by(found, snap.uid):
+                raise SpecError(
+                    "metadata.name",
+                    f"{key[0]} {snap.namespace}/{key[1]} exists and is not managed by this model: "
+                    f"delete or rename that {key[0]}, or give the ModelDeployment another name",
+                    reason="NotOwned",
+                )
+            ours[key] = found is not None
+        if desired and desired[0]["kind"] == "Deployment" and "replicas" not in desired[0]["spec"]:
+            self._hand_over_replicas(dep_before)
+        first = snap.generation > snap.applied_generation
+        passes = (True, False) if first else (False,)
+        dep: Obj | None = None
+        for dry_run in passes:
+            for obj in desired:
+                key = (obj["kind"], obj["metadata"]["name"])
+                try:
+                    out = self.kube.apply(obj, force=ours[key], dry_run=dry_run)
+                except (ApiException, DynamicApiError) as e:
+                    raise classify(e, f"{key[0]} {key[1]}") from e
+                if obj["kind"] == "Deployment" and not dry_run:
+                    dep = out
+        try:
+            self._prune(snap, desired, hold)
+        except (ApiException, DynamicApiError) as e:
+            raise classify(e, "deleting children no longer desired") from e
+        return dep
 
     def _hand_over_replicas(self, dep: Obj | None) -> None:
         """Autoscaling on: stop owning the Deployment's replicas without resetting them.
@@ -258,30 +356,109 @@ class Reconciler:
             field_manager=HANDOVER_MANAGER,
         )
 
-    def _prune(self, namespace: str, name: str, uid: str, desired: list[Obj], hold: bool) -> None:
+    def _prune(self, snap: Snapshot, desired: list[Obj], hold: bool) -> None:
         keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
         for api_version, kind in CHILD_KINDS:
             if hold and kind != "Service":
                 continue
             if not self.kube.has_kind(api_version, kind):
                 continue
-            for obj in self.kube.list(api_version, kind, namespace, f"{render.NAME_LABEL}={name}"):
+            selector = f"{render.NAME_LABEL}={snap.name}"
+            for obj in self.kube.list(api_version, kind, snap.namespace, selector):
                 obj_name = obj["metadata"]["name"]
-                if (kind, obj_name) in keep or not _controlled_by(obj, uid):
+                if (kind, obj_name) in keep or not _controlled_by(obj, snap.uid):
                     continue
-                log.info("deleting %s %s/%s: no longer desired", kind, namespace, obj_name)
+                log.info(
+                    "%s/%s: deleting %s %s: no longer desired", snap.namespace, snap.name, kind, obj_name
+                )
                 self.kube.delete({"apiVersion": api_version, "kind": kind, "metadata": obj["metadata"]})
 
-    def _event(self, body: Obj, t: status.Transition) -> None:
-        reason = t.reason
+    # -- status ---------------------------------------------------------------------------------
+
+    def write_status(
+        self,
+        snap: Snapshot,
+        planned: Planned | None,
+        dep: Obj | None,
+        error: SpecError | None,
+        transient: TransientError | None,
+        applied: bool,
+    ) -> str:
+        spec = snap.spec
+        if dep is not None and not _controlled_by(dep, snap.uid):
+            dep = None
+        pods = self.kube.list("v1", "Pod", snap.namespace, render.selector_string(snap.name)) if dep else []
+        blocked = None
+        if snap.facts is not None and planned is not None and error is None:
+            why = rollout_blocked(dep, pods, snap.facts, planned.resolved.gpus, planned.resolved.gpu_products)
+            blocked = status.Blocked(*why) if why else None
+        if spec is not None and not spec.autoscaling.enabled:
+            desired_replicas = spec.replicas
+        else:
+            # An autoscaler (or, for a refused spec, the last good spec) decides: read it back.
+            floor = spec.autoscaling.min_replicas if spec is not None else 0
+            desired_replicas = int((dep or {}).get("spec", {}).get("replicas") or floor)
+        observed = status.Observed(
+            desired_replicas=desired_replicas,
+            deployment=dep,
+            pods=pods,
+            plan=planned.plan if planned is not None and error is None else None,
+            model_id=planned.resolved.model_id if planned is not None else "",
+            blocked=blocked,
+            cache=planned.verdict if planned is not None else None,
+        )
+        # This generation was applied, or refused with a reason; anything else leaves the
+        # last applied generation standing.
+        done = applied or error is not None
+        new = status.compute(
+            name=snap.name,
+            namespace=snap.namespace,
+            generation=snap.generation,
+            selector=render.selector_string(snap.name),
+            endpoint=render.endpoint(snap.name, snap.namespace),
+            observed=observed,
+            error=error,
+            prior=snap.prior,
+            now=now_rfc3339(),
+            observed_generation=snap.generation if done else snap.applied_generation,
+            transient=status.Blocked(transient.reason, transient.message) if transient else None,
+        )
+        new_raw = new.model_dump(by_alias=True, exclude_none=True)
+        prior_raw = snap.prior.model_dump(by_alias=True, exclude_none=True) if snap.prior else None
+        if new_raw != prior_raw:
+            self.kube.apply_status(snap.namespace, snap.name, new_raw)
+        for t in status.transitions(snap.prior, new):
+            self._event(snap, t)
+        metrics.record_conditions(snap.namespace, snap.name, [(c.type, c.status) for c in new.conditions])
+        if transient is not None:
+            return "retry"
+        return "refused" if error is not None else "ok"
+
+    def _event(self, snap: Snapshot, t: status.Transition) -> None:
+        owner = {"metadata": {"name": snap.name, "namespace": snap.namespace, "uid": snap.uid}}
         try:
             self.kube.event(
-                body, "Warning" if t.warning else "Normal", reason, f"{t.type}={t.status}: {t.message}"
+                owner, "Warning" if t.warning else "Normal", t.reason, f"{t.type}={t.status}: {t.message}"
             )
-        except Exception:  # an Event is best effort; never fail a reconcile over it
-            log.warning(
-                "could not post event for %s/%s", body["metadata"]["namespace"], body["metadata"]["name"]
-            )
+        except Exception:  # an Event is best effort; never fail a pass over it
+            log.warning("%s/%s: could not post an event", snap.namespace, snap.name)
+
+    def _log_failure(self, namespace: str, name: str, what: str, exc: bool) -> None:
+        """In full the first time a model fails this way, then one short line per pass."""
+        key = (namespace, name)
+        if self._logged.get(key) == what:
+            log.warning("%s/%s: still failing: %s", namespace, name, what[:200])
+            return
+        self._logged[key] = what
+        if exc:
+            log.exception("%s/%s: pass failed: %s", namespace, name, what)
+        else:
+            log.warning("%s/%s: %s", namespace, name, what)
+
+
+def _gone(e: ApiException | DynamicApiError) -> bool:
+    body = str(getattr(e, "body", "") or "")
+    return e.status == 404 or (e.status == 403 and "NamespaceTerminating" in body)
 
 
 def owner_of(obj_meta: Obj) -> str | None:

@@ -32,10 +32,13 @@ class Owner:
 
 @dataclass(frozen=True)
 class CacheMount:
-    """A ready weight cache at /data: read-only and offline once prefetched."""
+    """A ready weight cache at /data: offline once prefetched, and read-only unless the server
+    must write into it (no prefetch: the first pod downloads; .bin-only weights: TGI converts
+    them to safetensors next to them)."""
 
     claim_name: str
     prefetched: bool = True
+    writable: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,12 @@ class Resolved:
 
 
 def labels(name: str) -> dict[str, str]:
+    # Children are selected by NAME_LABEL, our own domain's. The app.kubernetes.io/* labels are
+    # informational, and app.kubernetes.io/instance is left out on purpose: Argo CD's
+    # label-based tracking uses it, and an Application of the model's name would claim (and
+    # could prune) the model's children.
     return {
         "app.kubernetes.io/name": ENGINE_NAME,
-        "app.kubernetes.io/instance": name,
         "app.kubernetes.io/component": "inference-server",
         "app.kubernetes.io/part-of": "modeldeploy",
         "app.kubernetes.io/managed-by": FIELD_MANAGER,
@@ -173,7 +179,8 @@ def _volumes(spec: ModelDeploymentSpec, res: Resolved) -> tuple[list[Obj], list[
     mounts: list[Obj] = [{"name": "shm", "mountPath": tgi.SHM_DIR}]
     if res.cache is not None:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": res.cache.claim_name}})
-        mounts.append({"name": "data", "mountPath": tgi.DATA_DIR, "readOnly": res.cache.prefetched})
+        read_only = res.cache.prefetched and not res.cache.writable
+        mounts.append({"name": "data", "mountPath": tgi.DATA_DIR, "readOnly": read_only})
     else:
         volumes.append({"name": "data", "emptyDir": {}})
         mounts.append({"name": "data", "mountPath": tgi.DATA_DIR})

@@ -1,6 +1,6 @@
 """Resolve a spec into the concrete facts the renderer needs: the model id, the GPU plan, the
-image, and the rollout strategy. The decision itself is pure (`resolve`); `ClusterFacts`
-is the small amount of cluster state it looks at, gathered separately.
+image, and the rollout strategy. Pure: `ClusterFacts` is the small amount of cluster state it
+looks at, read by `observe`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
-
-from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic.exceptions import DynamicApiError
+from typing import Any
 
 from modeldeploy import catalog, planner, render
 from modeldeploy.api import AutoscalingEngine, ModelArchitecture, ModelDeploymentSpec, PlanStatus, Quantize
@@ -21,14 +18,11 @@ from modeldeploy.catalog import GpuType
 from modeldeploy.errors import DoesNotFitError, SpecError
 from modeldeploy.settings import Settings
 
-if TYPE_CHECKING:
-    from modeldeploy.kube import Kube
-
 TEMPLATE_HASH = "modeldeploy.dev/template-hash"
 Obj = dict[str, Any]
 
 
-def _gpu_request(pod: Obj) -> int:
+def gpu_request(pod: Obj) -> int:
     total = 0
     for c in pod.get("spec", {}).get("containers", []) or []:
         req = ((c.get("resources") or {}).get("requests") or {}).get(render.GPU_RESOURCE)
@@ -68,53 +62,6 @@ class ClusterFacts:
     @cached_property
     def nodes(self) -> tuple[NodeGpus, ...]:
         return self.gpu_nodes if self.load_nodes is None else self.load_nodes()
-
-    @classmethod
-    def gather(cls, kube: Kube, namespace: str, name: str) -> ClusterFacts:
-        dep = kube.get("apps/v1", "Deployment", namespace, name)
-        existing_hash = ""
-        existing_strategy = None
-        if dep is not None:
-            existing_hash = (dep["metadata"].get("annotations") or {}).get(TEMPLATE_HASH, "")
-            ru = (dep.get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
-            if isinstance(ru.get("maxSurge"), int) and isinstance(ru.get("maxUnavailable"), int):
-                existing_strategy = (ru["maxSurge"], ru["maxUnavailable"])
-        keda = kube.has_kind("keda.sh/v1alpha1", "ScaledObject")
-        return cls(
-            (),
-            existing_hash,
-            existing_strategy,
-            keda,
-            load_nodes=lambda: gpu_accounting(kube),
-            deployment=dep,
-        )
-
-
-def gpu_accounting(kube: Kube) -> tuple[NodeGpus, ...]:
-    """GPU nodes with their allocatable GPUs and what bound, unfinished pods request."""
-    nodes = []
-    for n in kube.list("v1", "Node", None):
-        alloc = int((n.get("status", {}).get("allocatable") or {}).get(render.GPU_RESOURCE, 0) or 0)
-        if alloc <= 0 or n.get("spec", {}).get("unschedulable"):
-            continue
-        product = (n["metadata"].get("labels") or {}).get(render.GPU_PRODUCT_LABEL, "")
-        nodes.append((n["metadata"]["name"], product, alloc))
-    if not nodes:
-        return ()
-    used: dict[str, int] = {}
-    try:
-        pods = kube.list("v1", "Pod", None, field_selector="status.phase!=Succeeded,status.phase!=Failed")
-    except (ApiException, DynamicApiError) as e:
-        if e.status != 403:
-            raise
-        # Not allowed to see other namespaces' pods: assume every GPU is taken, so rollouts
-        # replace in place rather than surge into a GPU that may be in use.
-        return tuple(NodeGpus(n, p, a, a) for n, p, a in sorted(nodes))
-    for pod in pods:
-        node = pod.get("spec", {}).get("nodeName")
-        if node:
-            used[node] = used.get(node, 0) + _gpu_request(pod)
-    return tuple(sorted((NodeGpus(n, p, a, used.get(n, 0)) for n, p, a in nodes), key=lambda x: x.name))
 
 
 def template_hash(dep: Obj) -> str:
@@ -175,10 +122,27 @@ def _plan_error(spec: ModelDeploymentSpec, err: planner.PlanError) -> SpecError:
     return out
 
 
+def static_rules(spec: ModelDeploymentSpec) -> None:
+    """Rules that need no architecture facts: every path (operator, `render`, `plan`) applies them."""
+    gpus = spec.resources.gpus
+    if spec.engine.quantize == Quantize.exl2 and gpus != "auto" and int(gpus) > 1:
+        raise SpecError("spec.resources.gpus", "exl2 weights cannot be sharded: use gpus 1")
+
+
 def plan_model(
-    spec: ModelDeploymentSpec, arch: ModelArchitecture, settings: Settings, facts: ClusterFacts
+    spec: ModelDeploymentSpec,
+    arch: ModelArchitecture,
+    settings: Settings,
+    facts: ClusterFacts,
+    sticky_gpu_type: str = "",
 ) -> planner.Plan:
-    """Plan on the asked GPU type, or on the smallest GPU type present that fits."""
+    """Plan on the asked GPU type, or on the smallest GPU type present that fits.
+
+    sticky_gpu_type: the type an earlier pass chose (status.plan.gpuType) when the spec names
+    none. It is kept while the model still fits it, whatever the nodes do now, so a cordoned
+    pool or a new smaller one never moves a running model; only a spec change that no longer
+    fits it re-plans."""
+    static_rules(spec)
     engine = spec.engine
     all_types = catalog.gpu_types(settings.extra_gpu_types)
     kwargs = {
@@ -195,6 +159,12 @@ def plan_model(
             return planner.plan(arch, gpu, **kwargs)  # type: ignore[arg-type]
         except planner.PlanError as e:
             raise _plan_error(spec, e) from e
+    if sticky_gpu_type:
+        try:
+            sticky = catalog.find_gpu(sticky_gpu_type, settings.extra_gpu_types)
+            return planner.plan(arch, sticky, **kwargs)  # type: ignore[arg-type]
+        except (catalog.CatalogError, planner.PlanError):
+            pass  # no longer fits (or no longer known): choose afresh
     first_error: planner.PlanError | None = None
     best: planner.Plan | None = None
     for candidate in _cluster_gpu_types(facts, settings):
@@ -236,11 +206,13 @@ def resolve(
     settings: Settings,
     facts: ClusterFacts,
     read_arch: ModelArchitecture | None = None,
+    sticky_gpu_type: str = "",
 ) -> tuple[render.Resolved, PlanStatus]:
     """Everything the renderer needs, or a SpecError saying which field to fix.
 
     read_arch: facts read from the model's repository, used when neither the spec nor the
-    catalog has any."""
+    catalog has any. sticky_gpu_type: see plan_model."""
+    static_rules(spec)
     model_id, arch = model_facts(spec)
     arch = arch or read_arch
     if not model_id:
@@ -249,7 +221,7 @@ def resolve(
     max_total = engine.max_total_tokens
     max_input = engine.max_input_tokens
     if arch is not None:
-        p = plan_model(spec, arch, settings, facts)
+        p = plan_model(spec, arch, settings, facts, sticky_gpu_type)
         gpu = catalog.find_gpu(p.gpu_type, settings.extra_gpu_types)
         gpus, products = p.gpus_per_replica, tuple(gpu.products)
         status = p.to_status()
@@ -262,8 +234,6 @@ def resolve(
         # No facts (not in the catalog, none given): trust the spec, and say nothing was planned.
         gpu_type = _gpu_for(spec, settings)
         gpus = 1 if spec.resources.gpus == "auto" else int(spec.resources.gpus)
-        if engine.quantize == Quantize.exl2 and gpus > 1:
-            raise SpecError("spec.resources.gpus", "exl2 weights cannot be sharded: use gpus 1")
         products = tuple(gpu_type.products) if gpu_type else ()
         status = PlanStatus(gpus_per_replica=gpus, num_shard=gpus, gpu_type=gpu_type.name if gpu_type else "")
     res = render.Resolved(
@@ -291,7 +261,15 @@ def with_strategy(spec: ModelDeploymentSpec, res: render.Resolved, facts: Cluste
     probe = render.deployment("x", "x", spec, res, None)
     new_hash = template_hash(probe)
     if new_hash == facts.existing_template_hash and facts.existing_strategy is not None:
+        # Only the "auto" parts are kept (so free GPUs coming and going cause no churn); a
+        # value the spec sets always goes through.
         surge, unavailable = facts.existing_strategy
+        if spec.rollout.max_surge != "auto":
+            surge = int(spec.rollout.max_surge)
+        if spec.rollout.max_unavailable != "auto":
+            unavailable = int(spec.rollout.max_unavailable)
+        if surge == 0 and unavailable == 0:
+            unavailable = 1
     else:
         surge, unavailable = strategy(spec, res.gpus, res.gpu_products, facts)
     return replace(res, max_surge=surge, max_unavailable=unavailable, template_hash=new_hash)

@@ -111,21 +111,50 @@ def diagnose_pods(pods: list[Obj]) -> list[PodProblem]:
     return out
 
 
+def _ready_pods(pods: list[Obj]) -> int:
+    return sum(
+        1
+        for p in pods
+        if not (p.get("metadata") or {}).get("deletionTimestamp")
+        and any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (p.get("status") or {}).get("conditions") or []
+        )
+    )
+
+
 def _cond(type_: str, status: str, reason: str, message: str) -> Condition:
     return Condition(type=type_, status=status, reason=reason, message=message)
 
 
-def _deployment_numbers(dep: Obj | None) -> tuple[int, int, int, bool, str]:
-    """(replicas, ready, updated, rollout observed, deadline message) of a Deployment."""
+@dataclass(frozen=True)
+class DeploymentNumbers:
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    observed: bool = False  # the Deployment controller saw its latest generation
+    deadline: str = ""  # ProgressDeadlineExceeded message
+    replica_failure: str = ""  # ReplicaFailure message: pods the API server refuses to create
+
+
+def _deployment_numbers(dep: Obj | None) -> DeploymentNumbers:
     if dep is None:
-        return 0, 0, 0, False, ""
+        return DeploymentNumbers()
     st = dep.get("status", {}) or {}
-    observed = st.get("observedGeneration", 0) >= dep.get("metadata", {}).get("generation", 1)
-    deadline = ""
+    deadline = failure = ""
     for c in st.get("conditions", []) or []:
         if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
             deadline = c.get("message", "")
-    return st.get("replicas", 0), st.get("readyReplicas", 0), st.get("updatedReplicas", 0), observed, deadline
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            failure = c.get("message", "") or c.get("reason", "")
+    return DeploymentNumbers(
+        st.get("replicas", 0),
+        st.get("readyReplicas", 0),
+        st.get("updatedReplicas", 0),
+        st.get("observedGeneration", 0) >= dep.get("metadata", {}).get("generation", 1),
+        deadline,
+        failure,
+    )
 
 
 def compute(
@@ -138,10 +167,20 @@ def compute(
     error: SpecError | None,
     prior: ModelDeploymentStatus | None,
     now: str,
+    *,
+    observed_generation: int | None = None,
+    transient: Blocked | None = None,
 ) -> ModelDeploymentStatus:
-    """The whole status. With `error` set the spec was refused and nothing was applied."""
+    """The whole status. With `error` set this generation was refused and nothing was applied.
+
+    observed_generation: the generation whose children this pass applied (or refused); a pass
+    that applied nothing passes the prior one. transient: an apply that failed for a reason
+    that may pass (retried with backoff): reported as Reconciling."""
+    observed_generation = generation if observed_generation is None else observed_generation
     dep = observed.deployment if observed else None
-    replicas, ready, updated, dep_observed, deadline = _deployment_numbers(dep)
+    numbers = _deployment_numbers(dep)
+    replicas, ready, updated = numbers.replicas, numbers.ready, numbers.updated
+    dep_observed, deadline = numbers.observed, numbers.deadline
     conds: list[Condition] = []
     if error is not None:
         conds.append(_cond("Ready", "False", error.reason, error.message))
@@ -150,7 +189,11 @@ def compute(
         assert observed is not None
         desired = observed.desired_replicas
         problems = diagnose_pods(observed.pods)
-        fatal = next((p for p in problems if p.fatal), None)
+        # A fatal pod matters only while the model lacks ready replicas: one crash-looping surge
+        # pod beside a full set of serving ones is a rollout problem, not a dead model.
+        fatal = next((p for p in problems if p.fatal), None) if _ready_pods(observed.pods) < desired else None
+        if numbers.replica_failure and ready < desired:
+            fatal = PodProblem("ReplicaFailure", f"pods cannot be created: {numbers.replica_failure}", True)
         done = (
             dep is not None
             and dep_observed
@@ -187,8 +230,10 @@ def compute(
             conds.append(_cond("Stalled", "True", fatal.reason, fatal.message))
         elif waiting_cache and cv is not None:
             conds.append(_cond("Reconciling", "True", "WaitingForCache", f"{cv.status.phase}: {cv.message}"))
-        elif not done:
-            if observed.blocked is not None:
+        elif not done or transient is not None:
+            if transient is not None:
+                conds.append(_cond("Reconciling", "True", transient.reason, transient.message))
+            elif observed.blocked is not None:
                 conds.append(_cond("Reconciling", "True", observed.blocked.reason, observed.blocked.message))
             elif problems:
                 conds.append(_cond("Reconciling", "True", problems[0].reason, problems[0].message))
@@ -196,12 +241,12 @@ def compute(
                 conds.append(_cond("Reconciling", "True", "Progressing", f"rolling out: {counts}"))
     prior_by_type = {c.type: c for c in (prior.conditions if prior else [])}
     for c in conds:
-        c.observed_generation = generation
+        c.observed_generation = observed_generation
         old = prior_by_type.get(c.type)
         same = old is not None and old.status == c.status
         c.last_transition_time = old.last_transition_time if same and old else now
     return ModelDeploymentStatus(
-        observed_generation=generation,
+        observed_generation=observed_generation,
         model=(observed.model_id if observed and observed.model_id else (prior.model if prior else "")),
         conditions=conds,
         replicas=replicas,

@@ -109,3 +109,42 @@ def test_fatal_pod_cause_wins_over_a_lagging_ready_count() -> None:
     conds = compute(status.Observed(1, dep(1, 1, 1), [crash]))
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "ImagePullBackOff"
     assert conds["Stalled"]["reason"] == "ImagePullBackOff"
+
+
+def test_crash_looping_surge_pod_does_not_fail_a_serving_model() -> None:
+    # Two replicas serve; the one surge pod of a rollout crash-loops. The model serves all it
+    # was asked for: Ready stays True (the rollout is reported as Reconciling, not Stalled).
+    crashing = pod("surge", state={"waiting": {"reason": "CrashLoopBackOff"}}, restartCount=4)
+    serving = [pod(n, ready=True) for n in ("a", "b")]
+    for p in serving:
+        p["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    conds = compute(status.Observed(2, dep(3, 2, 1), [*serving, crashing]))
+    assert conds["Ready"]["status"] == "True", conds
+    assert "Stalled" not in conds
+    assert conds["Reconciling"]["reason"] == "CrashLoopBackOff"
+
+
+def test_replica_failure_reaches_status() -> None:
+    # The Deployment controller copies the ReplicaSet's FailedCreate (quota, Pod Security
+    # admission, LimitRange, missing PriorityClass) into a ReplicaFailure condition.
+    d = dep(1, 0, 0)
+    d["status"]["replicas"] = 0
+    d["status"]["conditions"].append({
+        "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+        "message": 'pods "m-1-x" is forbidden: exceeded quota: gpu, requested: requests.nvidia.com/gpu=1',
+    })  # fmt: skip
+    conds = compute(status.Observed(1, d, []))
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "ReplicaFailure"
+    assert conds["Stalled"]["reason"] == "ReplicaFailure"
+    assert "exceeded quota" in conds["Stalled"]["message"]
+
+
+def test_transient_apply_failure_is_reconciling_and_keeps_observed_generation() -> None:
+    st = status.compute(
+        "m", "ns", 3, "sel", "http://m.ns.svc:80", status.Observed(1, dep(1, 1, 1), []), None, None, "T",
+        observed_generation=2, transient=status.Blocked("ApplyFailed", "Deployment m: 503 unavailable"),
+    )  # fmt: skip
+    conds = {c.type: c for c in st.conditions}
+    assert st.observed_generation == 2
+    assert conds["Reconciling"].reason == "ApplyFailed"
+    assert all(c.observed_generation == 2 for c in st.conditions)

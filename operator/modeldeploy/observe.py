@@ -1,0 +1,83 @@
+"""Observe: what the cluster holds for one model, read once at the start of a pass.
+
+All cluster reads of a pass happen here (or lazily through the callables this snapshot
+carries, for the GPU accounting most passes never need), so planning, rendering and status
+stay pure functions of this snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
+
+from modeldeploy import render
+from modeldeploy.resolve import TEMPLATE_HASH, ClusterFacts, NodeGpus, gpu_request
+
+if TYPE_CHECKING:
+    from modeldeploy.kube import Kube
+
+Obj = dict[str, Any]
+
+
+def cluster_facts(kube: Kube, namespace: str, name: str) -> ClusterFacts:
+    """The model's Deployment, KEDA's presence, and (on first use) the cluster's GPU accounting."""
+    dep = kube.get("apps/v1", "Deployment", namespace, name)
+    existing_hash = ""
+    existing_strategy = None
+    if dep is not None:
+        existing_hash = (dep["metadata"].get("annotations") or {}).get(TEMPLATE_HASH, "")
+        ru = (dep.get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
+        if isinstance(ru.get("maxSurge"), int) and isinstance(ru.get("maxUnavailable"), int):
+            existing_strategy = (ru["maxSurge"], ru["maxUnavailable"])
+    keda = kube.has_kind("keda.sh/v1alpha1", "ScaledObject")
+    return ClusterFacts(
+        (),
+        existing_hash,
+        existing_strategy,
+        keda,
+        load_nodes=lambda: gpu_accounting(kube),
+        deployment=dep,
+    )
+
+
+def gpu_accounting(kube: Kube) -> tuple[NodeGpus, ...]:
+    """GPU nodes with their allocatable GPUs and what bound, unfinished pods request."""
+    nodes = []
+    for n in kube.list("v1", "Node", None):
+        alloc = int((n.get("status", {}).get("allocatable") or {}).get(render.GPU_RESOURCE, 0) or 0)
+        if alloc <= 0 or n.get("spec", {}).get("unschedulable"):
+            continue
+        product = (n["metadata"].get("labels") or {}).get(render.GPU_PRODUCT_LABEL, "")
+        nodes.append((n["metadata"]["name"], product, alloc))
+    if not nodes:
+        return ()
+    used: dict[str, int] = {}
+    try:
+        pods = kube.list("v1", "Pod", None, field_selector="status.phase!=Succeeded,status.phase!=Failed")
+    except (ApiException, DynamicApiError) as e:
+        if e.status != 403:
+            raise
+        # Not allowed to see other namespaces' pods: assume every GPU is taken, so rollouts
+        # replace in place rather than surge into a GPU that may be in use.
+        return tuple(NodeGpus(n, p, a, a) for n, p, a in sorted(nodes))
+    for pod in pods:
+        node = pod.get("spec", {}).get("nodeName")
+        if node:
+            used[node] = used.get(node, 0) + gpu_request(pod)
+    return tuple(sorted((NodeGpus(n, p, a, used.get(n, 0)) for n, p, a in nodes), key=lambda x: x.name))
+
+
+def existing_children(kube: Kube, desired: list[Obj], deployment: Obj | None) -> dict[tuple[str, str], Obj]:
+    """The objects that already hold the names of the desired children (ours or not)."""
+    out: dict[tuple[str, str], Obj] = {}
+    for obj in desired:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if kind == "Deployment":
+            found = deployment
+        else:
+            found = kube.get(obj["apiVersion"], kind, obj["metadata"]["namespace"], name)
+        if found is not None:
+            out[(kind, name)] = found
+    return out
