@@ -20,7 +20,7 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any, NamedTuple
 
-from modeldeploy import FIELD_MANAGER, GROUP, planner, tgi
+from modeldeploy import FIELD_MANAGER, GROUP, planner, render, tgi
 from modeldeploy import prefetch as program
 from modeldeploy.api import Cache, CacheStatus, ModelArchitecture, Scheduling, SecretKeyRef
 from modeldeploy.catalog import CatalogError, get_preset
@@ -311,6 +311,13 @@ class CacheVerdict(NamedTuple):
     def stalled(self) -> bool:
         """True when waiting will not help: report Stalled=True with this reason."""
         return self.reason in STALLED
+
+
+def mount(verdict: CacheVerdict, prefetch: bool) -> render.CacheMount:
+    """How serving pods mount a ready cache. Without prefetch the first pod downloads into it,
+    and .bin-only weights are converted to safetensors by TGI at start-up next to them: both
+    need the volume writable. Otherwise it is read-only."""
+    return render.CacheMount(verdict.status.claim_name, prefetched=prefetch, writable=verdict.bin_only)
 
 
 def _verdict(claim: str, phase: str, reason: Reason, message: str, revision: str = "") -> CacheVerdict:

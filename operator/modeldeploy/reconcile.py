@@ -262,13 +262,7 @@ class Reconciler:
             if prefetched is not None:
                 replanned = self.plan(snap, prefetched)
                 planned.resolved, planned.plan = replanned.resolved, replanned.plan
-        # Without prefetch the first pod fills the volume, so it must write and go online.
-        # .bin-only weights are converted to safetensors by TGI at start-up, next to them.
-        mount = render.CacheMount(
-            verdict.status.claim_name,
-            prefetched=spec.cache.prefetch,
-            writable=not spec.cache.prefetch or verdict.bin_only,
-        )
+        mount = cache.mount(verdict, spec.cache.prefetch)
         planned.resolved = with_strategy(spec, replace(planned.resolved, cache=mount), facts)
         return planned
 

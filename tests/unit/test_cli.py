@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from modeldeploy import cli
@@ -19,3 +21,15 @@ def test_peering_lifetime_has_a_floor(capsys: pytest.CaptureFixture[str]) -> Non
     assert f"at least {cli.MIN_PEERING_LIFETIME} seconds" in capsys.readouterr().err
     parsed = cli.parser().parse_args(["run", "--peering", f"--peering-lifetime={cli.MIN_PEERING_LIFETIME}"])
     assert parsed.peering_lifetime == cli.MIN_PEERING_LIFETIME
+
+
+def test_plan_applies_rules_that_need_no_architecture_facts(tmp_path: Path) -> None:
+    # exl2 cannot be sharded: the operator refuses it, and so must the preview, with or without
+    # architecture facts for the model.
+    f = tmp_path / "m.yaml"
+    f.write_text(
+        "apiVersion: modeldeploy.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: m}\n"
+        "spec: {model: {id: someone/unlisted-exl2}, engine: {quantize: exl2}, resources: {gpus: 2}}\n"
+    )
+    assert cli.main(["plan", "-f", str(f)]) == 1
+    assert cli.main(["render", "-f", str(f)]) == 1

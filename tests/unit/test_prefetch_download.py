@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from modeldeploy import cache, prefetch
-from modeldeploy.api import Cache, SecretKeyRef
+from modeldeploy import cache, prefetch, render
+from modeldeploy.api import Cache, ModelDeploymentSpec, SecretKeyRef
 from tests.standins.hf_hub import GRANTED_TOKEN, OTHER_TOKEN, HubStandIn, RepoFile, default_repos, make_repo
 
 Obj = dict[str, Any]
@@ -352,3 +352,27 @@ def test_progress_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         time.sleep(0.2)
     out = capsys.readouterr().out
     assert "progress: 1.00 MiB of 2.00 MiB (50%)" in out
+
+
+def test_bin_only_weights_are_mounted_writable_for_tgi_to_convert(hub: HubStandIn, tmp_path: Path) -> None:
+    # The real program's termination message, as the kubelet would hand it to the operator.
+    run = run_job(hub.url, tmp_path, "acme/bin-only")
+    assert run.code == 0, run.stderr
+    message = (tmp_path / "termination-log").read_text()
+    verdict = operator_view("acme/bin-only", "Complete", 0, message)
+    assert verdict.ready and verdict.bin_only
+    spec = ModelDeploymentSpec.model_validate(
+        {"model": {"id": "acme/bin-only"}, "resources": {"gpus": 1}, "cache": {"enabled": True}}
+    )
+    res = render.Resolved(model_id="acme/bin-only", gpus=1, num_shard=1, cache=cache.mount(verdict, True))
+    (c,) = render.deployment("m", "ml", spec, res, None)["spec"]["template"]["spec"]["containers"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": False} in c["volumeMounts"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"]
+    # safetensors weights stay read-only.
+    safe = run_job(hub.url, tmp_path / "safe", "acme/tiny-llm")
+    assert safe.code == 0, safe.stderr
+    verdict = operator_view(
+        "acme/tiny-llm", "Complete", 0, (tmp_path / "safe" / "termination-log").read_text()
+    )
+    assert verdict.ready and not verdict.bin_only
+    assert cache.mount(verdict, True).writable is False
