@@ -1,29 +1,205 @@
 """Typed ModelDeployment API: the spec users write and the status the operator reports.
 
-The CRD schema in `crds/` is generated from these models (see `crdgen.py`); CEL rules that
-the API server enforces at admission live next to the fields they constrain.
+The CRD schema in `crds/` is generated from these models (see `crdgen.py`). Every rule is stated
+once and checked twice: OpenAPI bounds and patterns by both pydantic and the API server, and each
+CEL rule (`x-kubernetes-validations`) next to the same check in Python, so `kubectl apply`, the
+operator and `modeldeploy render` refuse the same specs. What a child object (Deployment, Service,
+PVC, HPA, Job, Secret reference) would refuse is refused here, at admission, naming the field.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 DEFAULT_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.7"
 
+INT32_MAX = 2**31 - 1
 
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    """json_schema_extra carrying x-kubernetes-validations (CEL rule, message)."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+# ---- patterns (Go RE2 on the API server, Rust regex in pydantic: no look-around) ---------------
+
+# A Kubernetes quantity greater than zero (k8s.io/apimachinery resource.ParseQuantity's grammar,
+# without a sign): the number needs a non-zero digit; suffix binary SI, decimal SI or exponent.
+_POSITIVE_NUMBER = r"([0-9]*[1-9][0-9]*(\.[0-9]*)?|0*\.[0-9]*[1-9][0-9]*)"
+_QUANTITY_SUFFIX = r"(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]{1,3})?"
+POSITIVE_QUANTITY = f"^{_POSITIVE_NUMBER}{_QUANTITY_SUFFIX}$"
+# RFC 1123 subdomain (Secret, PriorityClass, StorageClass names), at most 253 characters.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# RFC 1035 label: names of Services (and so of models), at most 63 characters.
+DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Label and annotation keys: an optional DNS subdomain prefix and a name of at most 63.
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# Secret and ConfigMap keys; not "." and not starting with "..".
+SECRET_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+# A git branch, tag or commit: components of [A-Za-z0-9_+-] joined by "/" or ".", so no "..",
+# no leading "/", "-" or ".", no trailing "/" or ".", no spaces or control characters.
+GIT_REVISION = r"^[A-Za-z0-9_][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+|/[A-Za-z0-9_][A-Za-z0-9_+-]*)*$"
+# A container image reference (distribution/reference grammar): [host[:port]/]path[:tag][@digest].
+_IMAGE_PATH_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+IMAGE = (
+    r"^(([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?"
+    f"{_IMAGE_PATH_COMPONENT}(/{_IMAGE_PATH_COMPONENT})*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+NO_CONTROL_CHARACTERS = r"^[^[:cntrl:]]*$"
+
+
+def _full(pattern: str) -> re.Pattern[str]:
+    # The patterns are anchored with ^...$; in Python `$` also matches before a final newline,
+    # so match the whole string instead (as Go and Rust do).
+    return re.compile(pattern.removeprefix("^").removesuffix("$"))
+
+
+def is_positive_quantity(text: str) -> bool:
+    """A Kubernetes quantity > 0, e.g. 32Gi, 500M, 1.5, 100m (32GB is not one: G or Gi)."""
+    m = _full(POSITIVE_QUANTITY).fullmatch(text)
+    return m is not None and Decimal(m.group(1)) > 0
+
+
+def is_qualified_name(text: str) -> bool:
+    """A label key: [DNS subdomain prefix (at most 253) "/"] name (at most 63)."""
+    prefix, _, _ = text.rpartition("/")
+    return _full(QUALIFIED_NAME).fullmatch(text) is not None and len(prefix) <= 253
+
+
+def is_dns_label(text: str) -> bool:
+    return len(text) <= 63 and _full(DNS_LABEL).fullmatch(text) is not None
+
+
+# ---- rules --------------------------------------------------------------------------------
+
+
+def _json_int(value: Any) -> Any:
+    """An integer as JSON and the API server see it: integral numbers only (YAML `2.0` is 2);
+    no booleans, no strings, no NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "Input should be an integer")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise PydanticCustomError(
+                "int_from_float", "Input should be an integer, got {value}", {"value": value}
+            )
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
+JsonFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A CEL rule on an object: the API server checks `rule`, pydantic checks `holds`.
+
+    `field` (the wire name) is the field the rule is about: the error points there."""
+
+    rule: str
+    message: str
+    holds: Callable[[Any], bool]
+    field: str = ""
+
+    def crd(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field:
+            out["fieldPath"] = f".{self.field}"
+        return out
+
+
+@dataclass(frozen=True)
+class Cel:
+    """A CEL rule on one field's value, as an `Annotated` marker: the API server checks `rule`
+    (with `self` the value), pydantic checks `holds`."""
+
+    rule: str
+    message: str
+    holds: Callable[[Any], bool]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        def check(value: Any) -> Any:
+            if not self.holds(value):
+                raise PydanticCustomError("cel", self.message)
+            return value
+
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler(schema)
+        target = handler.resolve_ref_schema(out)
+        target.setdefault("x-kubernetes-validations", []).append({"rule": self.rule, "message": self.message})
+        return out
+
+
+def _positive_quantity(field: str, example: str, *, allow: str | None = None) -> Cel:
+    """Kubernetes' own quantity parser (CEL quantity library, API server 1.29+) on top of the
+    pattern: > 0, and a quantity the children's validation parses."""
+    check = "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))"
+    rule = f"self == '{allow}' || ({check})" if allow is not None else check
+    also = f" or {allow!r}" if allow is not None else ""
+    return Cel(
+        rule,
+        f"{field}: must be a Kubernetes quantity greater than 0{also}, e.g. {example} (units: Ki Mi Gi Ti, "
+        "or k M G T for powers of 10; GB is not a unit)",
+        lambda v: (allow is not None and v == allow) or is_positive_quantity(v),
+    )
 
 
 class Model(BaseModel):
-    """Base: camelCase on the wire, snake_case in Python, unknown keys refused."""
+    """Base: camelCase on the wire, snake_case in Python, unknown keys refused, CEL rules checked."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    # Object-level CEL rules: in the CRD as x-kubernetes-validations, checked here after fields.
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Self:
+        errors: list[InitErrorDetails] = []
+        for r in type(self).cel_rules:
+            if not r.holds(self):
+                detail = InitErrorDetails(type=PydanticCustomError("cel", r.message), input=self)
+                if r.field:
+                    detail["loc"] = (r.field,)
+                errors.append(detail)
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler(schema)
+        if cls.cel_rules:
+            target = handler.resolve_ref_schema(out)
+            target["x-kubernetes-validations"] = [r.crd() for r in cls.cel_rules]
+        return out
 
 
 class Quantize(StrEnum):
@@ -51,30 +227,44 @@ class Dtype(StrEnum):
 class KvCacheDtype(StrEnum):
     """TGI `--kv-cache-dtype` values."""
 
-    fp8 = "fp8"
     fp8_e4m3fn = "fp8_e4m3fn"
     fp8_e5m2 = "fp8_e5m2"
 
 
 class SecretKeyRef(Model):
-    name: Annotated[str, Field(min_length=1, description="Secret in the same namespace.")]
-    key: Annotated[str, Field(min_length=1, description="Key holding the Hugging Face token.")] = "token"
+    name: Annotated[
+        str,
+        Field(
+            min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Secret in the same namespace."
+        ),
+    ]
+    key: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=253,
+            pattern=SECRET_KEY,
+            description="Key holding the Hugging Face token.",
+        ),
+    ] = "token"
 
 
 class ModelArchitecture(Model):
     """Architecture facts for GPU planning, as in the model's config.json."""
 
     parameters_billions: Annotated[
-        float, Field(gt=0, description="Total parameters, in billions (all experts for MoE).")
+        JsonFloat, Field(gt=0, le=100_000, description="Total parameters, in billions (all experts for MoE).")
     ]
-    num_layers: Annotated[int, Field(ge=1, description="num_hidden_layers")]
-    hidden_size: Annotated[int, Field(ge=1)]
-    num_attention_heads: Annotated[int, Field(ge=1)]
-    num_key_value_heads: Annotated[int, Field(ge=1, description="Equals attention heads without GQA.")]
-    head_dim: Annotated[int | None, Field(ge=1, description="Defaults to hiddenSize/numAttentionHeads.")] = (
-        None
-    )
-    max_position_embeddings: Annotated[int, Field(ge=1)]
+    num_layers: Annotated[JsonInt, Field(ge=1, le=10_000, description="num_hidden_layers")]
+    hidden_size: Annotated[JsonInt, Field(ge=1, le=1_000_000)]
+    num_attention_heads: Annotated[JsonInt, Field(ge=1, le=100_000)]
+    num_key_value_heads: Annotated[
+        JsonInt, Field(ge=1, le=100_000, description="Equals attention heads without GQA.")
+    ]
+    head_dim: Annotated[
+        JsonInt | None, Field(ge=1, le=100_000, description="Defaults to hiddenSize/numAttentionHeads.")
+    ] = None
+    max_position_embeddings: Annotated[JsonInt, Field(ge=1, le=INT32_MAX)]
     torch_dtype: Dtype = Dtype.bfloat16
     quantization: Annotated[
         Quantize | None, Field(description="Method the published weights are pre-quantized with.")
@@ -82,10 +272,12 @@ class ModelArchitecture(Model):
 
 
 class ModelSource(Model):
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            ("self.id != '' || self.preset != ''", "spec.model: set id (a Hugging Face repo id) or preset"),
-        )
+    cel_rules = (
+        Rule(
+            "self.id != '' || self.preset != ''",
+            "spec.model: set id (a Hugging Face repo id) or preset",
+            lambda m: m.id != "" or m.preset != "",
+        ),
     )
 
     id: Annotated[
@@ -97,51 +289,88 @@ class ModelSource(Model):
         ),
     ] = ""
     revision: Annotated[
-        str, Field(min_length=1, max_length=256, description="Branch, tag or commit sha.")
+        str,
+        Field(
+            min_length=1,
+            max_length=256,
+            pattern=GIT_REVISION,
+            description="Branch, tag or commit sha (e.g. main, v1.0, refs/pr/2).",
+        ),
+        Cel(
+            "!self.endsWith('.lock')",
+            "spec.model.revision: must not end with .lock (not a git branch or tag name)",
+            lambda v: not v.endswith(".lock"),
+        ),
     ] = "main"
     preset: Annotated[str, Field(max_length=128, description="Model catalog entry; fills id and facts.")] = ""
     token_secret_ref: Annotated[
         SecretKeyRef | None, Field(description="Secret with the Hugging Face token (gated models).")
     ] = None
-    trust_remote_code: bool = False
+    trust_remote_code: StrictBool = False
     architecture: Annotated[
         ModelArchitecture | None, Field(description="Facts for planning a model outside the catalog.")
     ] = None
 
 
+Tokens = Annotated[JsonInt, Field(le=INT32_MAX)]
+
+
 class Engine(Model):
     """Typed TGI launcher settings: each field maps to exactly one launcher flag."""
 
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "!has(self.dtype) || !has(self.quantize)",
-                "spec.engine: dtype and quantize are exclusive (TGI refuses --dtype with --quantize)",
+    cel_rules = (
+        Rule(
+            "!has(self.dtype) || !has(self.quantize)",
+            "spec.engine: dtype and quantize are exclusive (TGI refuses --dtype with --quantize)",
+            lambda e: e.dtype is None or e.quantize is None,
+        ),
+        Rule(
+            "!has(self.maxInputTokens) || !has(self.maxTotalTokens)"
+            " || self.maxInputTokens < self.maxTotalTokens",
+            "spec.engine: maxInputTokens must be less than maxTotalTokens",
+            lambda e: (
+                e.max_input_tokens is None
+                or e.max_total_tokens is None
+                or e.max_input_tokens < e.max_total_tokens
             ),
-            (
-                "!has(self.maxInputTokens) || !has(self.maxTotalTokens)"
-                " || self.maxInputTokens < self.maxTotalTokens",
-                "spec.engine: maxInputTokens must be less than maxTotalTokens",
+        ),
+        Rule(
+            "!has(self.maxInputTokens) || !has(self.maxBatchPrefillTokens)"
+            " || self.maxBatchPrefillTokens >= self.maxInputTokens",
+            "spec.engine.maxBatchPrefillTokens: must be >= maxInputTokens (TGI refuses a prefill budget"
+            " below the longest input)",
+            lambda e: (
+                e.max_input_tokens is None
+                or e.max_batch_prefill_tokens is None
+                or e.max_batch_prefill_tokens >= e.max_input_tokens
             ),
-        )
+            field="maxBatchPrefillTokens",
+        ),
     )
 
-    image: Annotated[str, Field(description="TGI image; empty uses the operator's default.")] = ""
+    image: Annotated[
+        str,
+        Field(
+            max_length=512,
+            pattern=f"^$|{IMAGE}",
+            description="TGI image reference; empty uses the operator's default.",
+        ),
+    ] = ""
     quantize: Quantize | None = None
     dtype: Dtype | None = None
     kv_cache_dtype: KvCacheDtype | None = None
-    max_input_tokens: Annotated[int | None, Field(ge=1)] = None
-    max_total_tokens: Annotated[int | None, Field(ge=2)] = None
-    max_batch_prefill_tokens: Annotated[int | None, Field(ge=1)] = None
-    max_concurrent_requests: Annotated[int | None, Field(ge=1)] = None
+    max_input_tokens: Annotated[Tokens | None, Field(ge=1)] = None
+    max_total_tokens: Annotated[Tokens | None, Field(ge=2)] = None
+    max_batch_prefill_tokens: Annotated[Tokens | None, Field(ge=1)] = None
+    max_concurrent_requests: Annotated[JsonInt | None, Field(ge=1, le=1_000_000)] = None
     extra_args: Annotated[
-        list[str],
+        list[Annotated[str, Field(max_length=1024, pattern=NO_CONTROL_CHARACTERS)]],
         Field(
             max_length=64, description="Other TGI launcher flags; unknown or typed-field flags are refused."
         ),
     ] = []
     startup_timeout_seconds: Annotated[
-        int | None,
+        JsonInt | None,
         Field(
             ge=60,
             le=86400,
@@ -150,40 +379,107 @@ class Engine(Model):
     ] = None
 
 
+def _gpus_ok(gpus: int | str) -> bool:
+    return gpus == "auto" if isinstance(gpus, str) else 1 <= gpus <= 8
+
+
 class Resources(Model):
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "type(self.gpus) == string ? self.gpus == 'auto' : (self.gpus >= 1 && self.gpus <= 8)",
-                "spec.resources.gpus: must be 'auto' or an integer from 1 to 8",
-            ),
-        )
+    cel_rules = (
+        Rule(
+            "type(self.gpus) == string ? self.gpus == 'auto' : (self.gpus >= 1 && self.gpus <= 8)",
+            "spec.resources.gpus: must be 'auto' or an integer from 1 to 8",
+            lambda r: _gpus_ok(r.gpus),
+            field="gpus",
+        ),
     )
 
     gpus: Annotated[
-        int | Literal["auto"],
+        JsonInt | Literal["auto"],
         Field(description="GPUs per replica, or auto to let the planner choose."),
     ] = "auto"
     gpu_type: Annotated[
         str, Field(max_length=63, description="GPU catalog name (e.g. nvidia-h100-80gb); selects nodes.")
     ] = ""
-    shm_size: Annotated[str, Field(pattern=r"^[0-9]+(Ki|Mi|Gi)?$", description="/dev/shm size.")] = "1Gi"
-    cpu: Annotated[str, Field(description="CPU request, e.g. 4.")] = ""
-    memory: Annotated[str, Field(description="Memory request and limit, e.g. 32Gi.")] = ""
+    shm_size: Annotated[
+        str,
+        Field(max_length=64, pattern=POSITIVE_QUANTITY, description="/dev/shm size (a quantity, e.g. 1Gi)."),
+        _positive_quantity("spec.resources.shmSize", "1Gi"),
+    ] = "1Gi"
+    cpu: Annotated[
+        str,
+        Field(max_length=64, pattern=f"^$|{POSITIVE_QUANTITY}", description="CPU request, e.g. 4 or 500m."),
+        _positive_quantity("spec.resources.cpu", "4 or 500m", allow=""),
+    ] = ""
+    memory: Annotated[
+        str,
+        Field(
+            max_length=64,
+            pattern=f"^$|{POSITIVE_QUANTITY}",
+            description="Memory request and limit, e.g. 32Gi.",
+        ),
+        _positive_quantity("spec.resources.memory", "32Gi", allow=""),
+    ] = ""
+
+
+_TOL = "spec.scheduling.tolerations[*]"
 
 
 class Toleration(Model):
-    key: str = ""
+    """A Pod toleration, with the Pod's own validation."""
+
+    cel_rules = (
+        Rule(
+            "self.key != '' || self.operator == 'Exists'",
+            f"{_TOL}.operator: must be Exists when key is empty (a toleration of every taint)",
+            lambda t: t.key != "" or t.operator == "Exists",
+            field="operator",
+        ),
+        Rule(
+            "self.operator != 'Exists' || self.value == ''",
+            f"{_TOL}.value: must be empty when operator is Exists",
+            lambda t: t.operator != "Exists" or t.value == "",
+            field="value",
+        ),
+        Rule(
+            "!has(self.tolerationSeconds) || self.effect == 'NoExecute'",
+            f"{_TOL}.tolerationSeconds: only allowed with effect NoExecute",
+            lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+            field="tolerationSeconds",
+        ),
+    )
+
+    key: Annotated[
+        str,
+        Field(
+            max_length=317, pattern=f"^$|{QUALIFIED_NAME}", description="Taint key; empty matches all keys."
+        ),
+        Cel(
+            "!self.contains('/') || self.indexOf('/') <= 253",
+            f"{_TOL}.key: the prefix before '/' must be at most 253 characters",
+            lambda v: is_qualified_name(v) or v == "",
+        ),
+    ] = ""
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str = ""
+    value: Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)] = ""
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
-    toleration_seconds: int | None = None
+    toleration_seconds: Annotated[JsonInt | None, Field(ge=0, le=31_536_000)] = None
 
 
 class Scheduling(Model):
-    node_selector: dict[str, str] = {}
-    tolerations: list[Toleration] = []
-    priority_class_name: str = ""
+    node_selector: Annotated[
+        dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]],
+        Field(max_length=64, description="Node labels the pods require (keys and values as for labels)."),
+        Cel(
+            r"self.all(k, k.matches(r'"
+            + QUALIFIED_NAME
+            + r"') && (!k.contains('/') || k.indexOf('/') <= 253))",
+            "spec.scheduling.nodeSelector: keys must be label keys ([DNS subdomain/]name, name at most 63"
+            " characters of [-A-Za-z0-9_.])",
+            lambda d: all(is_qualified_name(k) for k in d),
+        ),
+    ] = {}
+    tolerations: Annotated[list[Toleration], Field(max_length=64)] = []
+    priority_class_name: Annotated[str, Field(max_length=253, pattern=f"^$|{DNS_SUBDOMAIN}")] = ""
 
 
 class AutoscalingMetric(StrEnum):
@@ -196,32 +492,43 @@ class AutoscalingEngine(StrEnum):
     keda = "keda"
 
 
+MAX_AUTOSCALED_REPLICAS = 1000
+
+
 class Autoscaling(Model):
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            ("self.minReplicas <= self.maxReplicas", "spec.autoscaling: minReplicas must be <= maxReplicas"),
-            (
-                "self.minReplicas >= 1 || self.engine == 'keda'",
-                "spec.autoscaling.minReplicas: 0 (scale to zero) needs engine keda",
-            ),
-            (
-                "self.engine != 'keda' || self.metric == 'queue-size'",
-                "spec.autoscaling.metric: engine keda scales on queue-size",
-            ),
-        )
+    cel_rules = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "spec.autoscaling: minReplicas must be <= maxReplicas",
+            lambda a: a.min_replicas <= a.max_replicas,
+        ),
+        Rule(
+            "self.minReplicas >= 1 || self.engine == 'keda'",
+            "spec.autoscaling.minReplicas: 0 (scale to zero) needs engine keda",
+            lambda a: a.min_replicas >= 1 or a.engine == AutoscalingEngine.keda,
+            field="minReplicas",
+        ),
+        Rule(
+            "self.engine != 'keda' || self.metric == 'queue-size'",
+            "spec.autoscaling.metric: engine keda scales on queue-size",
+            lambda a: a.engine != AutoscalingEngine.keda or a.metric == AutoscalingMetric.queue_size,
+            field="metric",
+        ),
     )
 
-    enabled: bool = False
+    enabled: StrictBool = False
     engine: Annotated[
         AutoscalingEngine,
         Field(
             description="hpa: a HorizontalPodAutoscaler; keda: a KEDA ScaledObject (allows scale to zero)."
         ),
     ] = AutoscalingEngine.hpa
-    min_replicas: Annotated[int, Field(ge=0)] = 1
-    max_replicas: Annotated[int, Field(ge=1)] = 4
+    min_replicas: Annotated[JsonInt, Field(ge=0, le=MAX_AUTOSCALED_REPLICAS)] = 1
+    max_replicas: Annotated[JsonInt, Field(ge=1, le=MAX_AUTOSCALED_REPLICAS)] = 4
     metric: AutoscalingMetric = AutoscalingMetric.queue_size
-    target: Annotated[int, Field(ge=1, description="Queue size per pod, or CPU utilisation percent.")] = 8
+    target: Annotated[
+        JsonInt, Field(ge=1, le=10_000, description="Queue size per pod, or CPU utilisation percent.")
+    ] = 8
 
 
 class AccessMode(StrEnum):
@@ -230,34 +537,57 @@ class AccessMode(StrEnum):
 
 
 class Cache(Model):
-    enabled: bool = False
-    size: Annotated[str, Field(pattern=r"^(auto|[0-9]+(Mi|Gi|Ti))$")] = "auto"
-    storage_class_name: str = ""
+    enabled: StrictBool = False
+    size: Annotated[
+        str,
+        Field(
+            max_length=64,
+            pattern=f"^auto$|{POSITIVE_QUANTITY}",
+            description="Volume size (a quantity, e.g. 100Gi), or auto: the weights with headroom.",
+        ),
+        _positive_quantity("spec.cache.size", "100Gi", allow="auto"),
+    ] = "auto"
+    storage_class_name: Annotated[str, Field(max_length=253, pattern=f"^$|{DNS_SUBDOMAIN}")] = ""
     access_mode: AccessMode = AccessMode.rwx
-    prefetch: bool = True
-    retain: bool = True
+    prefetch: StrictBool = True
+    retain: StrictBool = True
+
+
+def _surge_ok(value: int | str) -> bool:
+    return value == "auto" if isinstance(value, str) else 0 <= value <= MAX_AUTOSCALED_REPLICAS
 
 
 class Rollout(Model):
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "type(self.maxSurge) == string ? self.maxSurge == 'auto' : self.maxSurge >= 0",
-                "spec.rollout.maxSurge: must be 'auto' or an integer >= 0",
-            ),
-            (
-                "type(self.maxUnavailable) == string ? self.maxUnavailable == 'auto'"
-                " : self.maxUnavailable >= 0",
-                "spec.rollout.maxUnavailable: must be 'auto' or an integer >= 0",
-            ),
-        )
+    cel_rules = (
+        Rule(
+            "type(self.maxSurge) == string ? self.maxSurge == 'auto'"
+            f" : (self.maxSurge >= 0 && self.maxSurge <= {MAX_AUTOSCALED_REPLICAS})",
+            f"spec.rollout.maxSurge: must be 'auto' or an integer from 0 to {MAX_AUTOSCALED_REPLICAS}",
+            lambda r: _surge_ok(r.max_surge),
+            field="maxSurge",
+        ),
+        Rule(
+            "type(self.maxUnavailable) == string ? self.maxUnavailable == 'auto'"
+            f" : (self.maxUnavailable >= 0 && self.maxUnavailable <= {MAX_AUTOSCALED_REPLICAS})",
+            f"spec.rollout.maxUnavailable: must be 'auto' or an integer from 0 to {MAX_AUTOSCALED_REPLICAS}",
+            lambda r: _surge_ok(r.max_unavailable),
+            field="maxUnavailable",
+        ),
+        Rule(
+            "!(type(self.maxSurge) == int && type(self.maxUnavailable) == int"
+            " && self.maxSurge == 0 && self.maxUnavailable == 0)",
+            "spec.rollout: maxSurge and maxUnavailable cannot both be 0 (a Deployment refuses it)",
+            lambda r: not (r.max_surge == 0 and r.max_unavailable == 0),
+        ),
     )
 
     max_surge: Annotated[
-        int | Literal["auto"], Field(description="Surge pods; auto surges only when a GPU is free.")
+        JsonInt | Literal["auto"], Field(description="Surge pods; auto surges only when a GPU is free.")
     ] = "auto"
-    max_unavailable: int | Literal["auto"] = "auto"
-    progress_deadline_seconds: Annotated[int, Field(ge=60)] = 3600
+    max_unavailable: JsonInt | Literal["auto"] = "auto"
+    progress_deadline_seconds: Annotated[
+        JsonInt, Field(ge=60, le=7 * 86400, description="Seconds a rollout may make no progress.")
+    ] = 3600
 
 
 class ModelDeploymentSpec(Model):
@@ -265,7 +595,7 @@ class ModelDeploymentSpec(Model):
     engine: Engine = Engine()
     resources: Resources = Resources()
     scheduling: Scheduling = Scheduling()
-    replicas: Annotated[int, Field(ge=0, le=64)] = 1
+    replicas: Annotated[JsonInt, Field(ge=0, le=64)] = 1
     autoscaling: Autoscaling = Autoscaling()
     cache: Cache = Cache()
     rollout: Rollout = Rollout()
@@ -312,10 +642,40 @@ class ModelDeploymentStatus(Model):
     cache: CacheStatus | None = None
 
 
+# What a new object reads as until the operator's first pass writes status: a CRD schema default
+# on `status` (the API server applies it to objects without a status, even with the status
+# subresource on). observedGeneration 0 is behind generation 1, so kstatus (and Flux, Argo CD)
+# count a new model InProgress from its first moment instead of Current.
+STATUS_DEFAULT: dict[str, Any] = {
+    "observedGeneration": 0,
+    "conditions": [
+        {
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": "Pending",
+            "message": "waiting for the operator",
+            # A default cannot carry the creation time; the Unix epoch is a valid RFC 3339 time.
+            "lastTransitionTime": "1970-01-01T00:00:00Z",
+        }
+    ],
+}
+
+
 class ModelDeployment(Model):
     """A whole object as read from the API server (metadata kept loose)."""
 
     model_config = ConfigDict(extra="ignore")
+
+    # On the CRD's root schema: the model's name is its children's.
+    cel_rules = (
+        Rule(
+            f"self.metadata.name.matches(r'{DNS_LABEL}') && size(self.metadata.name) <= 63",
+            "metadata.name: must be a DNS-1035 label: at most 63 lowercase letters, digits and '-',"
+            " starting with a letter and ending with a letter or digit, no dots (the model's Deployment"
+            " and Service take its name)",
+            lambda md: md.metadata.get("name") is None or is_dns_label(md.metadata["name"]),
+        ),
+    )
 
     api_version: str = "modeldeploy.dev/v1alpha1"
     kind: str = "ModelDeployment"

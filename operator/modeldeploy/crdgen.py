@@ -12,13 +12,14 @@ from typing import Any
 import yaml
 
 from modeldeploy import GROUP, KIND, PLURAL, VERSION
-from modeldeploy.api import ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy.api import STATUS_DEFAULT, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy.render import NoAliasDumper
 
 Schema = dict[str, Any]
 _KEEP = {
     "type", "properties", "items", "required", "enum", "default", "description", "minimum", "maximum",
-    "minLength", "maxLength", "minItems", "maxItems", "pattern", "additionalProperties", "format",
+    "minLength", "maxLength", "minItems", "maxItems", "maxProperties", "pattern", "additionalProperties",
+    "format",
     "x-kubernetes-validations", "x-kubernetes-int-or-string", "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys", "exclusiveMinimum", "exclusiveMaximum",
 }  # fmt: skip
@@ -101,6 +102,11 @@ def crd() -> dict[str, Any]:
     status_schema["properties"]["conditions"].update(
         {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
     )
+    # A new object reads as in progress (observedGeneration 0, Ready Unknown) until the operator
+    # writes status: the API server applies this default to every object without a status.
+    status_schema["default"] = ModelDeploymentStatus.model_validate(STATUS_DEFAULT).model_dump(
+        by_alias=True, exclude_defaults=True
+    )
     ready = '.status.conditions[?(@.type=="Ready")].status'
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -143,6 +149,8 @@ def crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A Hugging Face model served by Text Generation Inference.",
                             "required": ["spec"],
+                            # CEL on metadata.name is only allowed at the root.
+                            "x-kubernetes-validations": [r.crd() for r in ModelDeployment.cel_rules],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -181,7 +181,7 @@ def test_head_dim_defaults_to_hidden_over_heads() -> None:
     assert planner.head_dim(falcon) == 64
     # 2 * 60 layers * 8 KV heads * 64 * 2 B
     assert planner.kv_cache_bytes_per_token(falcon) == 122_880
-    assert planner.kv_cache_bytes_per_token(falcon, KvCacheDtype.fp8) == 61_440
+    assert planner.kv_cache_bytes_per_token(falcon, KvCacheDtype.fp8_e4m3fn) == 61_440
 
 
 @pytest.mark.parametrize(

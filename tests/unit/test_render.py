@@ -59,14 +59,14 @@ def container(dep: dict[str, Any]) -> dict[str, Any]:
 
 def test_typed_fields_map_to_one_flag_each() -> None:
     s = spec(
-        engine={"quantize": "bitsandbytes-nf4", "kvCacheDtype": "fp8", "maxInputTokens": 100,
+        engine={"quantize": "bitsandbytes-nf4", "kvCacheDtype": "fp8_e4m3fn", "maxInputTokens": 100,
                 "maxTotalTokens": 200, "maxBatchPrefillTokens": 300, "maxConcurrentRequests": 7},
         resources={"gpus": 2},
     )  # fmt: skip
     args = container(deployment(s))["args"]
     pairs = dict(itertools.pairwise(args))
     expected = {
-        "--quantize": "bitsandbytes-nf4", "--kv-cache-dtype": "fp8", "--max-input-tokens": "100",
+        "--quantize": "bitsandbytes-nf4", "--kv-cache-dtype": "fp8_e4m3fn", "--max-input-tokens": "100",
         "--max-total-tokens": "200", "--max-batch-prefill-tokens": "300", "--max-concurrent-requests": "7",
         "--num-shard": "2", "--model-id": "example-org/some-model", "--port": "80",
     }  # fmt: skip
