@@ -8,11 +8,13 @@ answers per (model, revision) and failures for a while, so a reconcile never wai
 
 from __future__ import annotations
 
+import http.client
 import json
 import struct
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,7 +89,9 @@ class HubFacts:
             return bytes(resp.read())
 
     def _file(self, model_id: str, revision: str, name: str) -> str:
-        return f"{self.endpoint.rstrip('/')}/{model_id}/resolve/{revision}/{name}"
+        # The revision is quoted whole (a branch may hold "/"), as the Hub's own client does.
+        rev = urllib.parse.quote(revision, safe="")
+        return f"{self.endpoint.rstrip('/')}/{model_id}/resolve/{rev}/{name}"
 
     def _safetensors_header(self, url: str) -> dict[str, Any]:
         (length,) = struct.unpack("<Q", self._get(url, (0, 7))[:8])
@@ -107,7 +111,7 @@ class HubFacts:
                 raise FactsUnavailableError(failed[1])
         try:
             arch = self._read(model_id, revision)
-        except (OSError, ValueError, KeyError, struct.error) as e:
+        except (OSError, ValueError, KeyError, struct.error, http.client.HTTPException) as e:
             msg = f"could not read {model_id}@{revision} from {self.endpoint}: {e}"
             with self._lock:
                 self._failed[key] = (time.monotonic(), msg)

@@ -55,3 +55,12 @@ def test_packed_4bit_counts_eight_per_int32() -> None:
     header = {"a.qweight": {"dtype": "I32", "shape": [64, 8]}, "a.scales": {"dtype": "F16", "shape": [64]}}
     assert count_parameters(header, packed_4bit=True) == 64 * 8 * 8 + 64
     assert count_parameters(header) == 64 * 8 + 64
+
+
+@pytest.mark.parametrize("revision", ["has space", "line\nbreak", "../../etc/passwd", "feature/x"])
+def test_odd_revisions_never_escape_the_reader(revision: str) -> None:
+    # Whatever reaches it, the reader answers "no facts" (or facts), never an unexpected error.
+    with HubStandIn() as hub:
+        reader = HubFacts(hub.url)
+        with pytest.raises(FactsUnavailableError):
+            reader.read("acme/tiny-llm", revision)
