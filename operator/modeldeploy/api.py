@@ -97,6 +97,8 @@ def is_dns_label(text: str) -> bool:
 def _json_int(value: Any) -> Any:
     """An integer as JSON and the API server see it: integral numbers only (YAML `2.0` is 2);
     no booleans, no strings, no NaN."""
+    if value is None:
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("int_type", "Input should be an integer")
     if isinstance(value, float):
@@ -108,7 +110,10 @@ def _json_int(value: Any) -> Any:
     return value
 
 
-JsonInt = Annotated[int, BeforeValidator(_json_int)]
+# Last in an Annotated, after the bounds: a validator placed before them would keep pydantic from
+# putting the bounds into the schema as minimum/maximum (crdgen refuses that).
+JSON_INT = BeforeValidator(_json_int)
+JsonInt = Annotated[int, JSON_INT]
 JsonFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
@@ -161,7 +166,7 @@ def _positive_quantity(field: str, example: str, *, allow: str | None = None) ->
     pattern: > 0, and a quantity the children's validation parses."""
     check = "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))"
     rule = f"self == '{allow}' || ({check})" if allow is not None else check
-    also = f" or {allow!r}" if allow is not None else ""
+    also = {None: "", "": " (or empty: not set)"}.get(allow, f" or {allow!r}")
     return Cel(
         rule,
         f"{field}: must be a Kubernetes quantity greater than 0{also}, e.g. {example} (units: Ki Mi Gi Ti, "
@@ -255,16 +260,16 @@ class ModelArchitecture(Model):
     parameters_billions: Annotated[
         JsonFloat, Field(gt=0, le=100_000, description="Total parameters, in billions (all experts for MoE).")
     ]
-    num_layers: Annotated[JsonInt, Field(ge=1, le=10_000, description="num_hidden_layers")]
-    hidden_size: Annotated[JsonInt, Field(ge=1, le=1_000_000)]
-    num_attention_heads: Annotated[JsonInt, Field(ge=1, le=100_000)]
+    num_layers: Annotated[int, Field(ge=1, le=10_000, description="num_hidden_layers"), JSON_INT]
+    hidden_size: Annotated[int, Field(ge=1, le=1_000_000), JSON_INT]
+    num_attention_heads: Annotated[int, Field(ge=1, le=100_000), JSON_INT]
     num_key_value_heads: Annotated[
-        JsonInt, Field(ge=1, le=100_000, description="Equals attention heads without GQA.")
+        int, Field(ge=1, le=100_000, description="Equals attention heads without GQA."), JSON_INT
     ]
     head_dim: Annotated[
-        JsonInt | None, Field(ge=1, le=100_000, description="Defaults to hiddenSize/numAttentionHeads.")
+        int | None, Field(ge=1, le=100_000, description="Defaults to hiddenSize/numAttentionHeads."), JSON_INT
     ] = None
-    max_position_embeddings: Annotated[JsonInt, Field(ge=1, le=INT32_MAX)]
+    max_position_embeddings: Annotated[int, Field(ge=1, le=INT32_MAX), JSON_INT]
     torch_dtype: Dtype = Dtype.bfloat16
     quantization: Annotated[
         Quantize | None, Field(description="Method the published weights are pre-quantized with.")
@@ -312,9 +317,6 @@ class ModelSource(Model):
     ] = None
 
 
-Tokens = Annotated[JsonInt, Field(le=INT32_MAX)]
-
-
 class Engine(Model):
     """Typed TGI launcher settings: each field maps to exactly one launcher flag."""
 
@@ -359,10 +361,10 @@ class Engine(Model):
     quantize: Quantize | None = None
     dtype: Dtype | None = None
     kv_cache_dtype: KvCacheDtype | None = None
-    max_input_tokens: Annotated[Tokens | None, Field(ge=1)] = None
-    max_total_tokens: Annotated[Tokens | None, Field(ge=2)] = None
-    max_batch_prefill_tokens: Annotated[Tokens | None, Field(ge=1)] = None
-    max_concurrent_requests: Annotated[JsonInt | None, Field(ge=1, le=1_000_000)] = None
+    max_input_tokens: Annotated[int | None, Field(ge=1, le=INT32_MAX), JSON_INT] = None
+    max_total_tokens: Annotated[int | None, Field(ge=2, le=INT32_MAX), JSON_INT] = None
+    max_batch_prefill_tokens: Annotated[int | None, Field(ge=1, le=INT32_MAX), JSON_INT] = None
+    max_concurrent_requests: Annotated[int | None, Field(ge=1, le=1_000_000), JSON_INT] = None
     extra_args: Annotated[
         list[Annotated[str, Field(max_length=1024, pattern=NO_CONTROL_CHARACTERS)]],
         Field(
@@ -370,12 +372,13 @@ class Engine(Model):
         ),
     ] = []
     startup_timeout_seconds: Annotated[
-        JsonInt | None,
+        int | None,
         Field(
             ge=60,
             le=86400,
             description="How long download, load and warmup may take before the pod is restarted.",
         ),
+        JSON_INT,
     ] = None
 
 
@@ -462,7 +465,7 @@ class Toleration(Model):
     operator: Literal["Exists", "Equal"] = "Equal"
     value: Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)] = ""
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
-    toleration_seconds: Annotated[JsonInt | None, Field(ge=0, le=31_536_000)] = None
+    toleration_seconds: Annotated[int | None, Field(ge=0, le=31_536_000), JSON_INT] = None
 
 
 class Scheduling(Model):
@@ -523,11 +526,11 @@ class Autoscaling(Model):
             description="hpa: a HorizontalPodAutoscaler; keda: a KEDA ScaledObject (allows scale to zero)."
         ),
     ] = AutoscalingEngine.hpa
-    min_replicas: Annotated[JsonInt, Field(ge=0, le=MAX_AUTOSCALED_REPLICAS)] = 1
-    max_replicas: Annotated[JsonInt, Field(ge=1, le=MAX_AUTOSCALED_REPLICAS)] = 4
+    min_replicas: Annotated[int, Field(ge=0, le=MAX_AUTOSCALED_REPLICAS), JSON_INT] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=MAX_AUTOSCALED_REPLICAS), JSON_INT] = 4
     metric: AutoscalingMetric = AutoscalingMetric.queue_size
     target: Annotated[
-        JsonInt, Field(ge=1, le=10_000, description="Queue size per pod, or CPU utilisation percent.")
+        int, Field(ge=1, le=10_000, description="Queue size per pod, or CPU utilisation percent."), JSON_INT
     ] = 8
 
 
@@ -586,7 +589,7 @@ class Rollout(Model):
     ] = "auto"
     max_unavailable: JsonInt | Literal["auto"] = "auto"
     progress_deadline_seconds: Annotated[
-        JsonInt, Field(ge=60, le=7 * 86400, description="Seconds a rollout may make no progress.")
+        int, Field(ge=60, le=7 * 86400, description="Seconds a rollout may make no progress."), JSON_INT
     ] = 3600
 
 
@@ -595,7 +598,7 @@ class ModelDeploymentSpec(Model):
     engine: Engine = Engine()
     resources: Resources = Resources()
     scheduling: Scheduling = Scheduling()
-    replicas: Annotated[JsonInt, Field(ge=0, le=64)] = 1
+    replicas: Annotated[int, Field(ge=0, le=64), JSON_INT] = 1
     autoscaling: Autoscaling = Autoscaling()
     cache: Cache = Cache()
     rollout: Rollout = Rollout()
@@ -674,6 +677,7 @@ class ModelDeployment(Model):
             " starting with a letter and ending with a letter or digit, no dots (the model's Deployment"
             " and Service take its name)",
             lambda md: md.metadata.get("name") is None or is_dns_label(md.metadata["name"]),
+            field="metadata.name",
         ),
     )
 

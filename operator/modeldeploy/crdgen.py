@@ -23,6 +23,7 @@ _KEEP = {
     "x-kubernetes-validations", "x-kubernetes-int-or-string", "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys", "exclusiveMinimum", "exclusiveMaximum",
 }  # fmt: skip
+_CONSTRAINTS = {"ge", "gt", "le", "lt", "multiple_of", "min_length", "max_length", "allow_inf_nan", "strict"}
 
 
 def _resolve(node: Schema, defs: dict[str, Schema]) -> Schema:
@@ -61,6 +62,11 @@ def convert(node: Schema, defs: dict[str, Schema]) -> Schema:
         node = {**convert(branches[0], defs), **{k: v for k, v in rest.items() if v is not None}}
     if "const" in node:
         node = {**node, "enum": [node["const"]]}
+    unknown = _CONSTRAINTS & node.keys()
+    if unknown:
+        # pydantic writes bounds it could not put into the type's schema (a validator before them
+        # in the Annotated) under their Python names; the API server would silently ignore them.
+        raise ValueError(f"bounds {sorted(unknown)} are not JSON Schema keywords in {node}")
     for key, value in node.items():
         if key not in _KEEP:
             continue
@@ -154,7 +160,8 @@ def crd() -> dict[str, Any]:
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                # name is declared so the root rule's fieldPath can point at it.
+                                "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },

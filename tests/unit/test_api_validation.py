@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from modeldeploy import api
 from modeldeploy.api import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
-from modeldeploy.crdgen import crd
+from modeldeploy.crdgen import convert, crd
 from tests import kstatus
 from tests.admission_cases import BAD, GOOD, Case
 
@@ -132,3 +132,24 @@ def test_status_default_is_valid_against_the_status_schema() -> None:
     for c in status["default"]["conditions"]:
         assert set(conditions["required"]) <= set(c)
         assert c["status"] in conditions["properties"]["status"]["enum"]
+
+
+def test_crdgen_refuses_bounds_pydantic_could_not_express() -> None:
+    # pydantic writes ge/le when a validator precedes the bounds; the API server would ignore them.
+    with pytest.raises(ValueError, match="bounds"):
+        convert({"type": "integer", "ge": 0, "le": 64}, {})
+
+
+def test_every_integer_in_the_spec_is_bounded() -> None:
+    unbounded: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if node.get("type") == "integer" and "maximum" not in node:
+            unbounded.append(path)
+        for key, sub in (node.get("properties") or {}).items():
+            walk(sub, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[*]")
+
+    walk(_root()["properties"]["spec"], "spec")
+    assert not unbounded
