@@ -1,7 +1,8 @@
 """Text Generation Inference: everything engine-specific lives here (launcher flags, port,
 paths, probes), so a second engine can be added beside it without touching the renderer.
 
-Flag names follow `text-generation-launcher --help` of TGI 3.x.
+Flag names follow `text-generation-launcher --help` of TGI 3.3.x; tests/unit/test_tgi_flags.py
+checks them against the committed reference docs/reference/tgi-launcher-3.3.yaml.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ HEALTH_PATH = "/health"
 TERMINATION_GRACE_SECONDS = 120
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 3600
 
-# Every flag of text-generation-launcher (TGI 3.x). Boolean flags take no value.
+# Every flag of text-generation-launcher (TGI 3.3.x). Boolean flags take no value.
 KNOWN_FLAGS: frozenset[str] = frozenset(
     {
         "model-id", "revision", "validation-workers", "sharded", "num-shard", "quantize", "speculate",
