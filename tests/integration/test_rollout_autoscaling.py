@@ -97,30 +97,47 @@ def test_kubectl_scale_through_scale_subresource(cluster: Cluster, namespace: st
     assert scale["status"]["selector"] == "modeldeploy.dev/name=scaled"
 
 
+KEDA_CRD = "scaledobjects.keda.sh"
+
+
+def delete_crd(cluster: Cluster, name: str) -> None:
+    """Delete a CRD and wait until it is gone (its objects are deleted with it)."""
+    cluster.kubectl("delete", "crd", name, "--ignore-not-found", "--wait=false")
+    cluster.wait(f"CRD {name} gone", lambda: cluster.get("crd", name) is None, timeout=120)
+
+
 def test_keda_refused_without_crd_then_rendered_with_it(
     cluster: Cluster, namespace: str, operator: Any
 ) -> None:
-    if cluster.get("crd", "scaledobjects.keda.sh") is not None:
-        pytest.fail("KEDA CRD already installed: this test must see the cluster without it first")
-    body = model("keda", resources={"gpus": 1, "gpuType": "nvidia-h100-80gb"})
-    body["spec"]["autoscaling"] = {"enabled": True, "engine": "keda", "minReplicas": 0, "maxReplicas": 3}
-    cluster.apply(body, namespace)
+    # Whatever ran before: the cluster starts without KEDA here, and is left without it.
+    delete_crd(cluster, KEDA_CRD)
+    try:
+        body = model("keda", resources={"gpus": 1, "gpuType": "nvidia-h100-80gb"})
+        body["spec"]["autoscaling"] = {"enabled": True, "engine": "keda", "minReplicas": 0, "maxReplicas": 3}
+        cluster.apply(body, namespace)
 
-    c = wait_condition(cluster, namespace, "keda", "Stalled", status="True")
-    assert "spec.autoscaling.engine" in c["message"] and "KEDA" in c["message"]
-    assert cluster.get("deployment", "keda", namespace) is None  # nothing half-applied
-    # Install KEDA's own CRD (from the github.com/kedacore/keda/v2 Go module).
-    cluster.kubectl("apply", "--server-side", "-f", str(cluster.lc.bins.keda_crd))
-    cluster.wait_established("scaledobjects.keda.sh")
-    so = cluster.wait(
-        "ScaledObject", lambda: cluster.get("scaledobject.keda.sh", "keda", namespace), timeout=60
-    )
-    assert so["spec"]["minReplicaCount"] == 0
-    assert so["spec"]["triggers"][0]["type"] == "prometheus"
-    assert "tgi_queue_size" in so["spec"]["triggers"][0]["metadata"]["query"]
-    cluster.wait(
-        "Stalled cleared", lambda: condition(get_model(cluster, namespace, "keda"), "Stalled") is None
-    )
+        c = wait_condition(cluster, namespace, "keda", "Stalled", status="True")
+        assert "spec.autoscaling.engine" in c["message"] and "KEDA" in c["message"]
+        assert cluster.get("deployment", "keda", namespace) is None  # nothing half-applied
+        # Install KEDA's own CRD (from the github.com/kedacore/keda/v2 Go module).
+        cluster.kubectl("apply", "--server-side", "-f", str(cluster.lc.bins.keda_crd))
+        cluster.wait_established(KEDA_CRD)
+        so = cluster.wait(
+            "ScaledObject", lambda: cluster.get("scaledobject.keda.sh", "keda", namespace), timeout=60
+        )
+        assert so["spec"]["minReplicaCount"] == 0
+        assert so["spec"]["triggers"][0]["type"] == "prometheus"
+        assert "tgi_queue_size" in so["spec"]["triggers"][0]["metadata"]["query"]
+        cluster.wait(
+            "Stalled cleared", lambda: condition(get_model(cluster, namespace, "keda"), "Stalled") is None
+        )
+    finally:
+        cluster.kubectl("delete", "mdep", "keda", "-n", namespace, "--ignore-not-found")
+        delete_crd(cluster, KEDA_CRD)
+    # KEDA going away must not stop the operator: a model without KEDA autoscaling still gets
+    # served (nothing else in the suite needs KEDA).
+    cluster.apply(model("after-keda", resources={"gpus": 1, "gpuType": "nvidia-h100-80gb"}), namespace)
+    wait_ready(cluster, namespace, "after-keda")
 
 
 def test_surge_when_a_gpu_is_free_in_place_when_not(cluster: Cluster, namespace: str, operator: Any,
