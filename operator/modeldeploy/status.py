@@ -255,7 +255,9 @@ def compute(
         selector=selector,
         endpoint=endpoint,
         plan=observed.plan if observed else (prior.plan if prior else None),
-        cache=observed.cache.status if observed and observed.cache else (prior.cache if prior else None),
+        cache=(observed.cache.status if observed.cache else None)
+        if observed
+        else (prior.cache if prior else None),
     )
 
 

@@ -458,7 +458,7 @@ STATUS_CASES: list[tuple[str, Obj, str, str, str]] = [
 def test_cache_status(kwargs: Obj, phase: str, reason: str, fragment: str) -> None:
     kw = dict(kwargs)
     verdict = cache.cache_status(CLAIM, kw.pop("pvc"), kw.pop("job"), kw.pop("pods", ()), **kw)
-    status, got_reason, message = verdict
+    status, got_reason, message = verdict.status, verdict.reason, verdict.message
     assert (status.phase, got_reason) == (phase, reason), message
     assert fragment in message
     assert status.claim_name == CLAIM
