@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from modeldeploy import KIND, metrics, peering, render
-from modeldeploy.api import ModelDeploymentSpec
+from modeldeploy.api import ModelDeploymentSpec, is_dns_label
 from modeldeploy.errors import SpecError
 from modeldeploy.reconcile import spec_error_from_validation
 from modeldeploy.resolve import ClusterFacts, model_facts, plan_model, resolve, static_rules
@@ -35,6 +35,12 @@ def _load_models(path: str) -> Iterator[tuple[str, str, ModelDeploymentSpec]]:
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             continue
         meta = doc.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        if name and not is_dns_label(name):
+            # The rule the CRD enforces at admission: the children take the model's name.
+            raise SpecError(
+                "metadata.name", f"{name!r} is not a DNS-1035 label (lowercase, digits, '-', no dots)"
+            )
         try:
             spec = ModelDeploymentSpec.model_validate(doc.get("spec") or {})
         except ValidationError as e:

@@ -33,3 +33,13 @@ def test_plan_applies_rules_that_need_no_architecture_facts(tmp_path: Path) -> N
     )
     assert cli.main(["plan", "-f", str(f)]) == 1
     assert cli.main(["render", "-f", str(f)]) == 1
+
+
+def test_render_refuses_a_name_no_child_can_take(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "m.yaml"
+    f.write_text(
+        "apiVersion: modeldeploy.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: my.model}\n"
+        "spec: {model: {id: cognitivecomputations/dolphin-2.8-mistral-7b-v02}, resources: {gpus: 1}}\n"
+    )
+    assert cli.main(["render", "-f", str(f)]) == 1
+    assert "metadata.name" in capsys.readouterr().err
