@@ -305,7 +305,11 @@ class Reconciler:
             ours[key] = found is not None
         if desired and desired[0]["kind"] == "Deployment" and "replicas" not in desired[0]["spec"]:
             self._hand_over_replicas(dep_before)
-        first = snap.generation > snap.applied_generation
+        # A refused generation is "observed" too: it is dry-run again until it goes through.
+        stalled = snap.prior is not None and any(
+            c.type == "Stalled" and c.status == "True" for c in snap.prior.conditions
+        )
+        first = snap.generation > snap.applied_generation or stalled
         passes = (True, False) if first else (False,)
         dep: Obj | None = None
         for dry_run in passes:
