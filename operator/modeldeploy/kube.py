@@ -83,6 +83,12 @@ class Kube:
                 return False
         return True
 
+    def forget_kind(self, api_version: str, kind: str) -> None:
+        """A kind answered 404 (its CRD was deleted): look it up afresh next time."""
+        with self._discovery:
+            self.dyn.resources.invalidate_cache()
+            self._missing[(api_version, kind)] = time.monotonic()
+
     # -- generic objects ----------------------------------------------------------------------
 
     def apply(

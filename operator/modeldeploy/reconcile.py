@@ -362,7 +362,15 @@ class Reconciler:
             if not self.kube.has_kind(api_version, kind):
                 continue
             selector = f"{render.NAME_LABEL}={snap.name}"
-            for obj in self.kube.list(api_version, kind, snap.namespace, selector):
+            try:
+                found = self.kube.list(api_version, kind, snap.namespace, selector)
+            except (ApiException, DynamicApiError) as e:
+                if e.status != 404:
+                    raise
+                # The kind itself is gone (e.g. KEDA uninstalled): nothing of it to prune.
+                self.kube.forget_kind(api_version, kind)
+                continue
+            for obj in found:
                 obj_name = obj["metadata"]["name"]
                 if (kind, obj_name) in keep or not _controlled_by(obj, snap.uid):
                     continue
