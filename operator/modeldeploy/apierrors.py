@@ -15,7 +15,7 @@ from modeldeploy.errors import SpecError
 
 # Child field paths (as the API server names them in its causes) -> the spec field behind them.
 _FIELD_MAP: tuple[tuple[str, str], ...] = (
-    (r"^metadata\.(name|labels)", "metadata.name"),
+    (r"^metadata\.(name|labels)\b(?!space)", "metadata.name"),
     (r"\.containers\[\d+\]\.resources", "spec.resources"),
     (r"\.containers\[\d+\]\.image", "spec.engine.image"),
     (r"\.containers\[\d+\]\.args", "spec.engine.extraArgs"),

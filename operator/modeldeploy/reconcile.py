@@ -318,6 +318,8 @@ class Reconciler:
                 try:
                     out = self.kube.apply(obj, force=ours[key], dry_run=dry_run)
                 except (ApiException, DynamicApiError) as e:
+                    if _gone(e):
+                        raise  # the model's namespace is going: nothing to report
                     raise classify(e, f"{key[0]} {key[1]}") from e
                 if obj["kind"] == "Deployment" and not dry_run:
                     dep = out
@@ -446,8 +448,8 @@ class Reconciler:
             self.kube.event(
                 owner, "Warning" if t.warning else "Normal", t.reason, f"{t.type}={t.status}: {t.message}"
             )
-        except Exception:  # an Event is best effort; never fail a pass over it
-            log.warning("%s/%s: could not post an event", snap.namespace, snap.name)
+        except Exception as e:  # an Event is best effort; never fail a pass over it
+            log.warning("%s/%s: could not post an event: %s", snap.namespace, snap.name, str(e)[:200])
 
     def _log_failure(self, namespace: str, name: str, what: str, exc: bool) -> None:
         """In full the first time a model fails this way, then one short line per pass."""

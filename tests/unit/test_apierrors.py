@@ -71,3 +71,7 @@ def test_every_request_has_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
         k.get_model("ns", "m")
     assert time.monotonic() - started < 10
     srv.close()
+
+
+def test_namespace_field_is_not_the_name() -> None:
+    assert spec_field("metadata.namespace") == "spec"
