@@ -48,9 +48,24 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def with_default_timeout(api: client.ApiClient) -> client.ApiClient:
+    """Give every request of this client a timeout, including the ones the client library
+    makes itself (API discovery), which take none: a half-open connection must not hang a
+    worker, or the discovery lock every worker shares."""
+    rest: Any = api.rest_client
+    plain = rest.request
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        kwargs["_request_timeout"] = kwargs.get("_request_timeout") or REQUEST_TIMEOUT
+        return plain(*args, **kwargs)
+
+    rest.request = request
+    return api
+
+
 class Kube:
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self.api = api or load_config()
+        self.api = with_default_timeout(api or load_config())
         self.dyn = DynamicClient(self.api)  # type: ignore[no-untyped-call]
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)

@@ -63,8 +63,13 @@ def test_every_request_has_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kube, "REQUEST_TIMEOUT", (1.0, 1.0))
     cfg = client.Configuration()
     cfg.host = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    # The client library's own requests (API discovery, when the client starts) time out too.
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"(?i)timed out|timeout"):
+        kube.Kube(client.ApiClient(cfg))
+    assert time.monotonic() - started < 15
     k = kube.Kube.__new__(kube.Kube)
-    k.api = client.ApiClient(cfg)
+    k.api = kube.with_default_timeout(client.ApiClient(cfg))
     k.custom = client.CustomObjectsApi(k.api)
     started = time.monotonic()
     with pytest.raises(Exception, match=r"(?i)timed out|timeout"):
