@@ -33,6 +33,7 @@ MODEL_ID_ANNOTATION = f"{GROUP}/model-id"
 REVISION_ANNOTATION = f"{GROUP}/revision"
 RETAIN_ANNOTATION = f"{GROUP}/retain"
 JOB_HASH_ANNOTATION = f"{GROUP}/prefetch-hash"
+CLAIM_UID_ANNOTATION = f"{GROUP}/claim-uid"  # the volume a prefetch Job fills
 
 CONTAINER = "prefetch"
 VOLUME = "data"
@@ -240,12 +241,22 @@ def render_job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
-def should_replace_job(existing: Obj, desired: Obj) -> bool:
-    """A failed Job is replaced once its inputs changed (a token added, another image ...)."""
-    ann = JOB_HASH_ANNOTATION
-    old = (existing.get("metadata", {}).get("annotations") or {}).get(ann)
-    new = (desired.get("metadata", {}).get("annotations") or {}).get(ann)
-    return _job_condition(existing, "Failed", "FailureTarget") is not None and old != new
+def should_replace_job(existing: Obj, desired: Obj, claim_uid: str = "") -> bool:
+    """Whether to delete the prefetch Job and start over.
+
+    A Job that filled another volume (its claim was deleted and made anew, e.g. after
+    VolumeLost) says nothing about this one. A Job that has not completed is replaced once its
+    inputs change (a token added, another image or toleration that lets a stuck pod start); a
+    completed download is done and kept whatever changes."""
+    meta = existing.get("metadata", {})
+    filled = (meta.get("annotations") or {}).get(CLAIM_UID_ANNOTATION)
+    if claim_uid and filled and filled != claim_uid:
+        return True
+    if _job_condition(existing, "Complete", "SuccessCriteriaMet") is not None:
+        return False
+    old = (meta.get("annotations") or {}).get(JOB_HASH_ANNOTATION)
+    new = (desired.get("metadata", {}).get("annotations") or {}).get(JOB_HASH_ANNOTATION)
+    return old != new
 
 
 # ---- status ---------------------------------------------------------------------------------

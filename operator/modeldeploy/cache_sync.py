@@ -67,9 +67,12 @@ class CacheSync:
                     scheduling=spec.scheduling,
                     affinity=affinity,
                 )
-                if job_obj is not None and cache.should_replace_job(job_obj, job):
-                    # A failed Job whose inputs changed (e.g. a token added): start over.
-                    log.info("%s: replacing failed prefetch Job %s: its inputs changed", namespace, claim)
+                claim_uid = str(((pvc_obj or {}).get("metadata") or {}).get("uid") or "")
+                if claim_uid:
+                    job["metadata"]["annotations"][cache.CLAIM_UID_ANNOTATION] = claim_uid
+                if job_obj is not None and cache.should_replace_job(job_obj, job, claim_uid):
+                    # Unfinished with other inputs now, or it filled a volume since replaced.
+                    log.info("%s: replacing prefetch Job %s", namespace, claim)
                     self.kube.delete(job_obj)
                     job_obj = None
                 elif job_obj is None:

@@ -40,13 +40,23 @@ def reconciler() -> Reconciler:
     return rec
 
 
+_queue_lock = threading.Lock()
+
+
+def _work(key: tuple[str, str], apply: bool) -> bool:
+    if _state.get("peering") and not _state.get("active", False):
+        return False  # a standby runs no passes, retries included: the active replica does
+    return reconciler().reconcile(key[0], key[1], apply=apply)
+
+
 def queue() -> WorkQueue:
-    q = _state.get("queue")
-    if q is None:
-        rec = reconciler()
-        q = WorkQueue(lambda key, apply: rec.reconcile(key[0], key[1], apply=apply), workers=WORKERS)
-        q.start()
-        _state["queue"] = q
+    """The one work queue (kopf calls handlers from a thread pool: created under a lock)."""
+    with _queue_lock:
+        q = _state.get("queue")
+        if q is None:
+            q = WorkQueue(_work, workers=WORKERS)
+            q.start()
+            _state["queue"] = q
     assert isinstance(q, WorkQueue)
     return q
 
@@ -97,6 +107,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
                 raise kopf.TemporaryError(f"cannot create the peering object: {e}", delay=10) from e
             if created:
                 log.info("created the peering object for %s", scope or "all namespaces")
+    queue()
     threading.Thread(
         target=_resync_loop, args=(reconciler(), scopes), name="modeldeploy-resync", daemon=True
     ).start()
@@ -158,6 +169,7 @@ def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
         if now_active != role and _state.get("peering"):
             log.info("active" if now_active else "standby: a live peer has the same or a higher priority")
         role = now_active
+        _state["active"] = role
         metrics.ACTIVE.set(int(role))
         if time.monotonic() - last_resync >= period:
             last_resync = time.monotonic()
@@ -182,7 +194,8 @@ def cleanup(**_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_model(name: str, namespace: str | None, **_: Any) -> None:
     if namespace:
-        queue().add((namespace, name))
+        # A new generation is a new reason to try: it runs now, whatever the backoff.
+        queue().add((namespace, name), reset=True)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={render.NAME_LABEL: kopf.PRESENT})

@@ -46,6 +46,9 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
 OWN_STATUS_FIELDS = frozenset(ModelDeploymentStatus.model_json_schema(by_alias=True)["properties"])
 OWN_CONDITIONS = frozenset({"Ready", "Reconciling", "Stalled", "CacheReady"})
 
+# Stalled reasons found only by applying (see apierrors.RefusedError and the ownership check).
+APPLY_REFUSALS = frozenset({"ApplyRefused", "Forbidden", "Conflict", "NotOwned"})
+
 DEFAULT_HUB = "https://huggingface.co"
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-autoscaling-handover"
 
@@ -101,6 +104,24 @@ class Snapshot:
     def applied_generation(self) -> int:
         return (self.prior.observed_generation or 0) if self.prior else 0
 
+    @property
+    def stalled(self) -> bool:
+        return self.prior is not None and any(
+            c.type == "Stalled" and c.status == "True" for c in self.prior.conditions
+        )
+
+    @property
+    def refused_by_api_server(self) -> bool:
+        """The current generation was refused at apply time (known only by applying)."""
+        return (
+            self.prior is not None
+            and self.applied_generation == self.generation
+            and any(
+                c.type == "Stalled" and c.status == "True" and c.reason in APPLY_REFUSALS
+                for c in self.prior.conditions
+            )
+        )
+
 
 @dataclass
 class Planned:
@@ -153,6 +174,10 @@ class Reconciler:
         snap = self.observe(namespace, name)
         if snap is None:
             return "gone"
+        if not apply and snap.refused_by_api_server:
+            # Only a full pass can tell whether the API server would now take this generation;
+            # a refresh must not clear the refusal (and call the old children this generation's).
+            return "refused"
         error = snap.error
         planned: Planned | None = None
         transient: TransientError | None = None
@@ -162,11 +187,20 @@ class Reconciler:
             assert snap.spec is not None and snap.facts is not None
             try:
                 planned = self.plan(snap)
-                planned = self.ensure_cache(snap, planned, write=apply)
+                try:
+                    planned = self.ensure_cache(snap, planned, write=apply)
+                except (ApiException, DynamicApiError) as e:
+                    if _gone(e):
+                        raise
+                    raise classify(e, "the weight cache") from e
                 planned.desired = self.render(snap, planned)
                 if apply:
                     dep = self.apply(snap, planned.desired, planned.hold) or dep
-                    applied = True
+                    # While the cache fills only the Service goes out: the generation's serving
+                    # children are not applied yet, so it is not stamped as observed, unless the
+                    # cache failed for good (then it is refused with that reason, like a spec).
+                    cache_failed = planned.verdict is not None and planned.verdict.stalled
+                    applied = not planned.hold or cache_failed
             except SpecError as e:
                 error = e
             except RefusedError as e:
@@ -306,10 +340,7 @@ class Reconciler:
         if desired and desired[0]["kind"] == "Deployment" and "replicas" not in desired[0]["spec"]:
             self._hand_over_replicas(dep_before)
         # A refused generation is "observed" too: it is dry-run again until it goes through.
-        stalled = snap.prior is not None and any(
-            c.type == "Stalled" and c.status == "True" for c in snap.prior.conditions
-        )
-        first = snap.generation > snap.applied_generation or stalled
+        first = snap.generation > snap.applied_generation or snap.stalled
         passes = (True, False) if first else (False,)
         dep: Obj | None = None
         for dry_run in passes:

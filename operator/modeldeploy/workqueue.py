@@ -68,10 +68,14 @@ class WorkQueue:
             self._stopped = True
             self._cond.notify_all()
 
-    def add(self, key: Key, apply: bool = True) -> None:
-        """Mark `key` dirty. A new event resets the key's backoff: it is a new reason to try."""
+    def add(self, key: Key, apply: bool = True, reset: bool = False) -> None:
+        """Mark `key` dirty. A failing key waits for its retry (events and resyncs do not cut
+        its backoff short) unless `reset`: a new reason to try, such as a new generation."""
         with self._cond:
-            self._failures.pop(key, None)
+            if reset:
+                self._failures.pop(key, None)
+            elif self._failures.get(key):
+                return
             self._mark(key, apply)
 
     def _mark(self, key: Key, apply: bool) -> None:
@@ -132,7 +136,7 @@ class WorkQueue:
                     delay = self.backoff.delay(n, self._rng)
                     self._seq += 1
                     heapq.heappush(self._delayed, (time.monotonic() + delay, self._seq, key, True))
-                else:
+                elif apply:
                     self._failures.pop(key, None)
                 if key in self._dirty:
                     # Events came in while the pass ran: one more pass, now.

@@ -226,13 +226,24 @@ def test_rendering_is_deterministic_and_yaml_safe() -> None:
     assert render.to_yaml(objs) == render.to_yaml([_job(), objs[1]])
 
 
-def test_a_failed_job_is_replaced_only_when_its_inputs_changed() -> None:
+def test_an_unfinished_job_is_replaced_only_when_its_inputs_changed() -> None:
     old = _job()
     old["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}
     assert not cache.should_replace_job(old, _job())
     assert cache.should_replace_job(old, _job(token_ref=SecretKeyRef(name="hf-token")))
-    running = _job()
-    assert not cache.should_replace_job(running, _job(token_ref=SecretKeyRef(name="hf-token")))
+    # A pod stuck on a missing Secret or an image it cannot pull: fixing the spec restarts it.
+    stuck = _job()
+    assert cache.should_replace_job(stuck, _job(token_ref=SecretKeyRef(name="hf-token")))
+    assert not cache.should_replace_job(stuck, _job())
+
+
+def test_a_completed_job_is_kept_unless_it_filled_another_volume() -> None:
+    done = _job()
+    done["metadata"]["annotations"][cache.CLAIM_UID_ANNOTATION] = "uid-1"
+    done["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert not cache.should_replace_job(done, _job(token_ref=SecretKeyRef(name="hf-token")), "uid-1")
+    # The claim was deleted and made anew (VolumeLost): the new volume is empty.
+    assert cache.should_replace_job(done, _job(), "uid-2")
 
 
 # ---- status ---------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_failures_back_off_exponentially_with_jitter_and_success_forgets() -> No
     assert gaps[0] >= 0.025 and gaps[1] >= 0.05, gaps
 
 
-def test_a_new_event_does_not_wait_for_the_backoff() -> None:
+def test_only_a_new_generation_cuts_the_backoff_short() -> None:
     attempts: list[bool] = []
 
     def work(key: Key, apply: bool) -> bool:
@@ -92,7 +92,11 @@ def test_a_new_event_does_not_wait_for_the_backoff() -> None:
     try:
         q.add(("ns", "m"))
         wait_until(lambda: q.failures(("ns", "m")) == 1)
-        q.add(("ns", "m"))  # e.g. a new generation: runs now, not in a minute
+        q.add(("ns", "m"))  # a resync or a pod event: waits for the retry
+        q.add(("ns", "m"), apply=False)
+        time.sleep(0.3)
+        assert attempts == [True]
+        q.add(("ns", "m"), reset=True)  # e.g. a new generation: runs now, not in a minute
         wait_until(lambda: len(attempts) == 2, timeout=5)
     finally:
         q.stop()
