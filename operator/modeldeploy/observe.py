@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 
-from modeldeploy import render
+from modeldeploy import catalog, render
 from modeldeploy.resolve import TEMPLATE_HASH, ClusterFacts, NodeGpus, gpu_request
+from modeldeploy.settings import Settings
 
 if TYPE_CHECKING:
     from modeldeploy.kube import Kube
@@ -81,3 +82,20 @@ def existing_children(kube: Kube, desired: list[Obj], deployment: Obj | None) ->
         if found is not None:
             out[(kind, name)] = found
     return out
+
+
+def deployed_gpu_type(deployment: Obj | None, settings: Settings) -> str:
+    """The GPU type the model's Deployment runs on, from its node affinity ("" if none): where
+    the model is placed, whatever its status says (a refused spec clears status.plan)."""
+    if deployment is None:
+        return ""
+    aff = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("affinity") or {}
+    required = (aff.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expr in term.get("matchExpressions") or []:
+            if expr.get("key") == render.GPU_PRODUCT_LABEL and expr.get("values"):
+                gpu = catalog.find_gpu_for_node(
+                    {render.GPU_PRODUCT_LABEL: expr["values"][0]}, settings.extra_gpu_types
+                )
+                return gpu.name if gpu is not None else ""
+    return ""

@@ -262,8 +262,12 @@ class Reconciler:
     def plan(self, snap: Snapshot, arch: ModelArchitecture | None = None) -> Planned:
         assert snap.spec is not None and snap.facts is not None
         sticky = ""
-        if not snap.spec.resources.gpu_type and snap.prior is not None and snap.prior.plan is not None:
-            sticky = snap.prior.plan.gpu_type
+        if not snap.spec.resources.gpu_type:
+            # The type chosen before: from status, or (after a refused spec cleared the plan)
+            # from where the model's pods run.
+            if snap.prior is not None and snap.prior.plan is not None:
+                sticky = snap.prior.plan.gpu_type
+            sticky = sticky or observe.deployed_gpu_type(snap.facts.deployment, self.settings)
         resolved, plan = resolve(snap.spec, self.settings, snap.facts, arch or snap.read_arch, sticky)
         return Planned(resolved, plan)
 

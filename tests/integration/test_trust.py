@@ -24,6 +24,7 @@ from tests.integration.test_reconcile import (
 )
 
 H100 = {"gpus": 1, "gpuType": "nvidia-h100-80gb"}
+MODEL_ID = "cognitivecomputations/dolphin-2.8-mistral-7b-v02"
 
 
 def patch(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> int:
@@ -298,6 +299,16 @@ def test_planned_gpu_type_is_sticky(
     assert dep["spec"]["template"] == dep_before["spec"]["template"]
     # A spec change that still fits keeps the type too.
     gen = patch(cluster, namespace, "sticky", {"engine": {"maxConcurrentRequests": 16}})
+    rec.reconcile(namespace, "sticky")
+    obj = get_model(cluster, namespace, "sticky")
+    assert obj is not None and obj["status"]["observedGeneration"] == gen
+    assert obj["status"]["plan"]["gpuType"] == "nvidia-l4"
+    # A refused spec clears status.plan; its revert still lands where the pods run.
+    patch(cluster, namespace, "sticky", {"model": {"id": "", "preset": "no-such-preset"}})
+    rec.reconcile(namespace, "sticky")
+    obj = get_model(cluster, namespace, "sticky")
+    assert obj is not None and "plan" not in obj["status"]
+    gen = patch(cluster, namespace, "sticky", {"model": {"id": MODEL_ID, "preset": ""}})
     rec.reconcile(namespace, "sticky")
     obj = get_model(cluster, namespace, "sticky")
     assert obj is not None and obj["status"]["observedGeneration"] == gen
