@@ -81,6 +81,8 @@ def main() -> int:
         items = json.loads(kubectl("get", "mdep", "-n", NAMESPACE, "-o", "json"))["items"]
         ready, waiting = [], {}
         for m in items:
+            if m.get("status", {}).get("observedGeneration") != m["metadata"].get("generation"):
+                continue  # the operator has not handled this generation yet
             conds = {c["type"]: c for c in m.get("status", {}).get("conditions", [])}
             r = conds.get("Ready", {})
             if r.get("status") == "True":

@@ -63,6 +63,11 @@ def with_default_timeout(api: client.ApiClient) -> client.ApiClient:
     return api
 
 
+def updates_status(entry: Obj) -> bool:
+    """A managedFields entry of a status written by update (not by apply)."""
+    return bool(entry.get("subresource") == "status" and entry.get("operation") == "Update")
+
+
 class Kube:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = with_default_timeout(api or load_config())
@@ -213,6 +218,34 @@ class Kube:
             _request_timeout=REQUEST_TIMEOUT,
         )
         return dict(out.to_dict())
+
+    def take_over_status(self, namespace: str, name: str, status: Obj) -> None:
+        """Make the status this manager's alone, once, for objects whose status an older version
+        (or anyone) wrote by update: server-side apply never removes fields that another manager
+        also owns, so stale ones would stay. A merge patch writes `status` (None deletes a field;
+        lists are replaced whole), then those update entries are dropped from managedFields, so
+        the next apply owns exactly what it sends."""
+        res = self._resource(f"{GROUP}/{VERSION}", KIND)
+        out = res.status.patch(
+            body={"status": status},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+            field_manager=STATUS_FIELD_MANAGER,
+            _request_timeout=REQUEST_TIMEOUT,
+        ).to_dict()
+        meta = out["metadata"]
+        kept = [m for m in meta.get("managedFields") or [] if not updates_status(m)]
+        res.patch(
+            body=[
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+                {"op": "replace", "path": "/metadata/managedFields", "value": kept},
+            ],
+            name=name,
+            namespace=namespace,
+            content_type="application/json-patch+json",
+            _request_timeout=REQUEST_TIMEOUT,
+        )
 
     def pod_log_tail(self, namespace: str, name: str, container: str, lines: int) -> str:
         out = self.core.read_namespaced_pod_log(

@@ -26,7 +26,7 @@ from modeldeploy.apierrors import RefusedError, TransientError, classify
 from modeldeploy.cache_sync import CacheSync
 from modeldeploy.errors import SpecError
 from modeldeploy.hubfacts import FactsUnavailableError, HubFacts
-from modeldeploy.kube import Kube, now_rfc3339
+from modeldeploy.kube import Kube, now_rfc3339, updates_status
 from modeldeploy.resolve import ClusterFacts, model_facts, resolve, rollout_blocked, with_strategy
 from modeldeploy.settings import Settings
 
@@ -99,6 +99,8 @@ class Snapshot:
     error: SpecError | None
     facts: ClusterFacts | None = None
     read_arch: ModelArchitecture | None = None
+    # Someone (an older operator version) wrote status by update: see Kube.take_over_status.
+    status_updated_by_others: bool = False
 
     @property
     def applied_generation(self) -> int:
@@ -231,6 +233,7 @@ class Reconciler:
             prior=_prior_status(body),
             spec=None,
             error=None,
+            status_updated_by_others=any(updates_status(m) for m in meta.get("managedFields") or []),
         )
         try:
             snap.spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
@@ -468,7 +471,11 @@ class Reconciler:
         )
         new_raw = new.model_dump(by_alias=True, exclude_none=True)
         prior_raw = snap.prior.model_dump(by_alias=True, exclude_none=True) if snap.prior else None
-        if new_raw != prior_raw:
+        if snap.status_updated_by_others:
+            stale = {k: None for k in OWN_STATUS_FIELDS if k not in new_raw}
+            self.kube.take_over_status(snap.namespace, snap.name, {**stale, **new_raw})
+            self.kube.apply_status(snap.namespace, snap.name, new_raw)
+        elif new_raw != prior_raw:
             self.kube.apply_status(snap.namespace, snap.name, new_raw)
         for t in status.transitions(snap.prior, new):
             self._event(snap, t)

@@ -355,3 +355,33 @@ def test_cached_model_takes_image_and_scheduling_changes(
     obj2 = wait_ready(cluster, namespace, "cimg2", timeout=60)
     assert obj2["status"]["cache"]["claimName"] == obj["status"]["cache"]["claimName"]
     assert len(cluster.list("jobs", namespace, "modeldeploy.dev/cache-key")) == 1
+
+
+def test_status_written_by_an_older_version_is_taken_over(
+    cluster: Cluster, namespace: str, operator: Any
+) -> None:
+    # Earlier versions wrote status by merge patch (an update): those fields would be co-owned,
+    # and server-side apply alone would never remove the stale ones.
+    cluster.apply(model("legacy", resources=H100), namespace)
+    obj = wait_ready(cluster, namespace, "legacy")
+    stale = {"status": {
+        "conditions": [*obj["status"]["conditions"],
+                       {"type": "Reconciling", "status": "True", "reason": "Progressing", "message": "old",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
+        "cache": {"claimName": "mdcache-old", "phase": "Ready"},
+    }}  # fmt: skip
+    cluster.kubectl("patch", "mdep", "legacy", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps(stale))  # fmt: skip
+    cluster.kubectl("annotate", "mdep", "legacy", "-n", namespace, "touched=1")  # an event: a pass
+
+    def clean() -> dict[str, Any] | None:
+        o = get_model(cluster, namespace, "legacy")
+        st = (o or {}).get("status") or {}
+        return o if "cache" not in st and condition(o, "Reconciling") is None else None
+
+    cluster.wait("stale status fields removed", clean)
+    live = cluster.get("mdep", "legacy", namespace, managed_fields=True)
+    assert live is not None
+    entries = live["metadata"]["managedFields"]
+    owners = {(m["manager"], m["operation"]) for m in entries if m.get("subresource") == "status"}
+    assert owners == {("modeldeploy-status", "Apply")}, owners
