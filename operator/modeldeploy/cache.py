@@ -16,9 +16,12 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from enum import StrEnum
 from importlib import resources
 from typing import Any, NamedTuple
+
+from kubernetes.utils import parse_quantity
 
 from modeldeploy import FIELD_MANAGER, GROUP, planner, render, tgi
 from modeldeploy import prefetch as program
@@ -34,6 +37,7 @@ REVISION_ANNOTATION = f"{GROUP}/revision"
 RETAIN_ANNOTATION = f"{GROUP}/retain"
 JOB_HASH_ANNOTATION = f"{GROUP}/prefetch-hash"
 CLAIM_UID_ANNOTATION = f"{GROUP}/claim-uid"  # the volume a prefetch Job fills
+CLAIM_SIZE_ANNOTATION = f"{GROUP}/claim-size"  # its requested size when the Job was made
 
 CONTAINER = "prefetch"
 VOLUME = "data"
@@ -254,9 +258,50 @@ def should_replace_job(existing: Obj, desired: Obj, claim_uid: str = "") -> bool
         return True
     if _job_condition(existing, "Complete", "SuccessCriteriaMet") is not None:
         return False
-    old = (meta.get("annotations") or {}).get(JOB_HASH_ANNOTATION)
-    new = (desired.get("metadata", {}).get("annotations") or {}).get(JOB_HASH_ANNOTATION)
-    return old != new
+    have = meta.get("annotations") or {}
+    want = desired.get("metadata", {}).get("annotations") or {}
+    # The claim's size is an input too: a download that ran out of space goes again once the
+    # volume was grown.
+    return any(have.get(k) != want.get(k) for k in (JOB_HASH_ANNOTATION, CLAIM_SIZE_ANNOTATION) if k in want)
+
+
+def _quantity(text: str) -> Decimal:
+    return Decimal(parse_quantity(text))  # type: ignore[no-untyped-call]
+
+
+def requested(pvc: Obj) -> str:
+    return str(((pvc.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage", ""))
+
+
+def grows(cache: Cache, pvc: Obj) -> bool:
+    """Whether spec.cache.size asks for more than the claim requests (a claim only grows)."""
+    have = requested(pvc)
+    if cache.size == "auto" or not have:
+        return False
+    return bool(_quantity(cache.size) > _quantity(have))
+
+
+def drift(cache: Cache, pvc: Obj) -> list[str]:
+    """What the spec asks of the cache that the existing claim cannot take (claims are mostly
+    immutable): said in the cache's message, never a reason to stop serving."""
+    spec = pvc.get("spec") or {}
+    name = (pvc.get("metadata") or {}).get("name", "")
+    fix = f"delete PersistentVolumeClaim {name} (and Job {name}) to have it made anew"
+    notes = []
+    modes = spec.get("accessModes") or []
+    if modes and cache.access_mode.value not in modes:
+        notes.append(
+            f"spec.cache.accessMode {cache.access_mode.value} differs from the volume's {modes[0]}: {fix}"
+        )
+    sc = spec.get("storageClassName")
+    if cache.storage_class_name and sc and cache.storage_class_name != sc:
+        notes.append(
+            f"spec.cache.storageClassName {cache.storage_class_name} differs from the volume's {sc}: {fix}"
+        )
+    have = requested(pvc)
+    if cache.size != "auto" and have and _quantity(cache.size) < _quantity(have):
+        notes.append(f"spec.cache.size {cache.size} is below the volume's {have}: a volume never shrinks")
+    return notes
 
 
 # ---- status ---------------------------------------------------------------------------------

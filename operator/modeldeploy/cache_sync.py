@@ -4,9 +4,14 @@ pure functions in `cache.py`."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
 
 from modeldeploy import GROUP, VERSION, cache
 from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec
@@ -49,8 +54,14 @@ class CacheSync:
         claim = cache.claim_name(model_id, revision)
         size = cache.cache_size(spec.cache, cache.disk_weight_gib(arch) if arch else None)
         pvc_obj = self.kube.get("v1", "PersistentVolumeClaim", namespace, claim)
+        notes: list[str] = []
         if write:
             pvc_obj = self._ensure_pvc(namespace, spec, model_id, key, size, pvc_obj)
+            if pvc_obj is not None and cache.grows(spec.cache, pvc_obj):
+                pvc_obj, note = self._grow(namespace, claim, spec.cache.size, pvc_obj)
+                notes += [note] if note else []
+        if pvc_obj is not None:
+            notes += cache.drift(spec.cache, pvc_obj)
 
         job_obj: Obj | None = None
         pods: list[Obj] = []
@@ -70,6 +81,9 @@ class CacheSync:
                 claim_uid = str(((pvc_obj or {}).get("metadata") or {}).get("uid") or "")
                 if claim_uid:
                     job["metadata"]["annotations"][cache.CLAIM_UID_ANNOTATION] = claim_uid
+                    job["metadata"]["annotations"][cache.CLAIM_SIZE_ANNOTATION] = cache.requested(
+                        pvc_obj or {}
+                    )
                 if job_obj is not None and cache.should_replace_job(job_obj, job, claim_uid):
                     # Unfinished with other inputs now, or it filled a volume since replaced.
                     log.info("%s: replacing prefetch Job %s", namespace, claim)
@@ -80,6 +94,41 @@ class CacheSync:
                     job_obj = self.kube.get("batch/v1", "Job", namespace, claim)
             pods = self.kube.list("v1", "Pod", namespace, cache.selector_string(key))
 
+        verdict = self._status(namespace, claim, spec, pvc_obj, job_obj, pods)
+        if notes:
+            message = f"{verdict.message}; " + "; ".join(notes)
+            verdict = verdict._replace(
+                message=message, status=verdict.status.model_copy(update={"message": message})
+            )
+        return verdict
+
+    def _grow(self, namespace: str, claim: str, size: str, pvc: Obj) -> tuple[Obj, str]:
+        """Ask for a larger volume (storage classes with allowVolumeExpansion); a refusal is
+        said in the cache's message, never an error of the model."""
+        try:
+            out = self.kube.merge_patch(
+                "v1",
+                "PersistentVolumeClaim",
+                namespace,
+                claim,
+                {"spec": {"resources": {"requests": {"storage": size}}}},
+            )
+        except (ApiException, DynamicApiError) as e:
+            if e.status is None or e.status >= 500:
+                raise
+            why = str(getattr(e, "reason", "") or e)
+            body = str(getattr(e, "body", "") or "")
+            if '"message"' in body:
+                with contextlib.suppress(ValueError):
+                    why = str(json.loads(body).get("message") or why)
+            return pvc, f"spec.cache.size {size}: volume {claim} cannot grow: {why[:300]}"
+        log.info("%s: volume %s grows to %s", namespace, claim, size)
+        return out, ""
+
+    def _status(
+        self, namespace: str, claim: str, spec: ModelDeploymentSpec, pvc_obj: Obj | None, job_obj: Obj | None,
+        pods: list[Obj],
+    ) -> cache.CacheVerdict:  # fmt: skip
         if pvc_obj is None:
             return cache.cache_status(claim, None, job_obj, pods, prefetch=spec.cache.prefetch)
         sc_name = pvc_obj["spec"].get("storageClassName")

@@ -385,3 +385,27 @@ def test_status_written_by_an_older_version_is_taken_over(
     entries = live["metadata"]["managedFields"]
     owners = {(m["manager"], m["operation"]) for m in entries if m.get("subresource") == "status"}
     assert owners == {("modeldeploy-status", "Apply")}, owners
+
+
+def test_cache_changes_a_volume_cannot_take_are_reported(
+    cluster: Cluster, namespace: str, operator: Any
+) -> None:
+    body = model(
+        "drift", resources=H100, cache={"enabled": True, "accessMode": "ReadWriteOnce", "size": "20Gi"}
+    )
+    cluster.apply(body, namespace)
+    wait_ready(cluster, namespace, "drift", timeout=120)
+    # The host-path storage class does not allow expansion: the API server refuses the resize.
+    gen = patch(cluster, namespace, "drift", {"cache": {"accessMode": "ReadWriteMany", "size": "40Gi"}})
+
+    def reported() -> dict[str, Any] | None:
+        c = condition(get_model(cluster, namespace, "drift"), "CacheReady")
+        return c if c and "cannot grow" in c["message"] and "accessMode" in c["message"] else None
+
+    c = cluster.wait("the cache says what it cannot take", reported)
+    assert c["status"] == "True"  # the weights are there: the model keeps serving
+    assert "spec.cache.accessMode ReadWriteMany differs from the volume's ReadWriteOnce" in c["message"]
+    obj = wait_ready(cluster, namespace, "drift")
+    assert obj["status"]["observedGeneration"] == gen
+    (pvc,) = cluster.list("pvc", namespace, "modeldeploy.dev/cache-key")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi"

@@ -588,3 +588,27 @@ def test_should_delete(retain: str | None, users: list[str], deleting: bool, exp
         claim["metadata"]["annotations"][cache.RETAIN_ANNOTATION] = retain
     assert cache.should_delete(claim, users) is expected
     assert cache.should_delete(None, []) is False
+
+
+def test_what_a_claim_cannot_take_is_said_not_ignored() -> None:
+    pvc = cache.render_pvc(MODEL, "main", "ml", Cache(enabled=True, access_mode="ReadWriteOnce"), "20Gi")
+    asked = Cache(enabled=True, access_mode="ReadWriteMany", size="10Gi")
+    notes = " | ".join(cache.drift(asked, pvc))
+    assert "spec.cache.accessMode ReadWriteMany differs from the volume's ReadWriteOnce" in notes
+    assert "spec.cache.size 10Gi is below the volume's 20Gi" in notes
+    assert not cache.grows(asked, pvc)
+    assert cache.grows(Cache(enabled=True, size="30Gi"), pvc)
+    assert not cache.grows(Cache(enabled=True, size="auto"), pvc)
+    assert cache.drift(Cache(enabled=True, access_mode="ReadWriteOnce", size="20Gi"), pvc) == []
+
+
+def test_a_job_that_ran_out_of_space_goes_again_once_the_volume_grew() -> None:
+    failed = _job()
+    failed["metadata"]["annotations"][cache.CLAIM_SIZE_ANNOTATION] = "20Gi"
+    failed["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+    grown = _job()
+    grown["metadata"]["annotations"][cache.CLAIM_SIZE_ANNOTATION] = "40Gi"
+    assert cache.should_replace_job(failed, grown)
+    same = _job()
+    same["metadata"]["annotations"][cache.CLAIM_SIZE_ANNOTATION] = "20Gi"
+    assert not cache.should_replace_job(failed, same)
