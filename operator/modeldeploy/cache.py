@@ -480,7 +480,8 @@ def _failed_verdict(
             msg = (
                 f"model {model}: the Hugging Face token in Secret {ref.get('name')} (key {ref.get('key')}) "
                 f"was refused or has no access ({detail or 'gated or private'}): accept the model's terms on "
-                "its Hub page with the token's account, or set spec.model.tokenSecretRef to another token"
+                "its Hub page with the token's account (then delete Job "
+                f"{claim} to try again), or set spec.model.tokenSecretRef to another token"
             )
     elif reason is Reason.model_not_found:
         if summary.get("error") == "RevisionNotFound":
@@ -507,6 +508,7 @@ def _failed_verdict(
         why = detail or (f"exit code {code}" if code is not None else cond.get("message", "unknown error"))
         msg = (
             f"downloading {model}@{rev} failed after {attempts} attempt{'s' if attempts != 1 else ''}: {why}"
+            f" (delete Job {claim} to try again)"
         )
     return _verdict(claim, "Failed", reason, msg)
 
