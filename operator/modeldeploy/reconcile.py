@@ -434,6 +434,12 @@ class Reconciler:
         if dep is not None and not _controlled_by(dep, snap.uid):
             dep = None
         pods = self.kube.list("v1", "Pod", snap.namespace, render.selector_string(snap.name)) if dep else []
+        pod_events: list[Obj] = []
+        if any(status.waiting_to_start(p) for p in pods):
+            # Volume attach and mount failures are only ever said in pod Events.
+            pod_events = self.kube.list(
+                "v1", "Event", snap.namespace, field_selector="involvedObject.kind=Pod,type=Warning"
+            )
         blocked = None
         if snap.facts is not None and planned is not None and error is None:
             why = rollout_blocked(dep, pods, snap.facts, planned.resolved.gpus, planned.resolved.gpu_products)
@@ -452,6 +458,7 @@ class Reconciler:
             model_id=planned.resolved.model_id if planned is not None else "",
             blocked=blocked,
             cache=planned.verdict if planned is not None else None,
+            pod_events=tuple(pod_events),
         )
         # This generation was applied, or refused with a reason; anything else leaves the
         # last applied generation standing.

@@ -45,6 +45,8 @@ class Observed:
     blocked: Blocked | None = None
     model_id: str = ""
     cache: CacheVerdict | None = None
+    # Warning Events of the model's pods (read only while a scheduled pod has not started).
+    pod_events: tuple[Obj, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,35 @@ class Transition:
     warning: bool
 
 
-def diagnose_pods(pods: list[Obj]) -> list[PodProblem]:
+# Volume problems the kubelet and the attach/detach controller report only as pod Events
+# (a ReadWriteOnce cache wanted on a second node, a volume that will not mount).
+VOLUME_EVENT_REASONS = ("FailedAttachVolume", "FailedMount")
+
+
+def waiting_to_start(pod: Obj) -> bool:
+    """Scheduled, not deleted, and its containers not started yet (volumes come first)."""
+    meta, spec, st = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    return bool(spec.get("nodeName")) and not meta.get("deletionTimestamp") and st.get("phase") == "Pending"
+
+
+def _volume_problem(pod: Obj, events: tuple[Obj, ...]) -> tuple[str, str, bool] | None:
+    if not waiting_to_start(pod):
+        return None
+    meta = pod.get("metadata") or {}
+    mine = [
+        e
+        for e in events
+        if (e.get("involvedObject") or {}).get("name") == meta.get("name")
+        and (e.get("involvedObject") or {}).get("uid") in (None, meta.get("uid"))
+        and e.get("reason") in VOLUME_EVENT_REASONS
+    ]
+    if not mine:
+        return None
+    last = max(mine, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return str(last["reason"]), str(last.get("message") or ""), False
+
+
+def diagnose_pods(pods: list[Obj], events: tuple[Obj, ...] = ()) -> list[PodProblem]:
     """The first problem of each pod, most telling first (OOMKilled before CrashLoopBackOff)."""
     found: dict[str, list[str]] = {}
     fatal: dict[str, bool] = {}
@@ -66,7 +96,7 @@ def diagnose_pods(pods: list[Obj]) -> list[PodProblem]:
             continue
         name = meta.get("name", "?")
         status = pod.get("status", {})
-        problem: tuple[str, str, bool] | None = None
+        problem: tuple[str, str, bool] | None = _volume_problem(pod, events)
         for cond in status.get("conditions", []) or []:
             scheduled = cond.get("type") == "PodScheduled" and cond.get("status") == "False"
             if scheduled and cond.get("reason") == "Unschedulable":
@@ -99,7 +129,7 @@ def diagnose_pods(pods: list[Obj]) -> list[PodProblem]:
             )
             fatal[reason] = is_fatal
     order = ["OOMKilled", "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-             "CreateContainerConfigError", "Unschedulable"]  # fmt: skip
+             "CreateContainerConfigError", "FailedAttachVolume", "FailedMount", "Unschedulable"]  # fmt: skip
     out: list[PodProblem] = []
     for reason in sorted(found, key=lambda r: order.index(r) if r in order else len(order)):
         msgs = found[reason]
@@ -188,7 +218,7 @@ def compute(
     else:
         assert observed is not None
         desired = observed.desired_replicas
-        problems = diagnose_pods(observed.pods)
+        problems = diagnose_pods(observed.pods, observed.pod_events)
         # A fatal pod matters only while the model lacks ready replicas: one crash-looping surge
         # pod beside a full set of serving ones is a rollout problem, not a dead model.
         fatal = next((p for p in problems if p.fatal), None) if _ready_pods(observed.pods) < desired else None

@@ -148,3 +148,40 @@ def test_transient_apply_failure_is_reconciling_and_keeps_observed_generation() 
     assert st.observed_generation == 2
     assert conds["Reconciling"].reason == "ApplyFailed"
     assert all(c.observed_generation == 2 for c in st.conditions)
+
+
+# The attach/detach controller's words for a ReadWriteOnce volume wanted on a second node.
+MULTI_ATTACH = 'Multi-Attach error for volume "pvc-4f1c" Volume is already used by pod(s) m-6d9f-abcde'
+
+
+def scheduled_pending(name: str, uid: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "uid": uid}, "spec": {"nodeName": "gpu-h100-1"},
+            "status": {"phase": "Pending", "containerStatuses": [
+                {"name": "server", "state": {"waiting": {"reason": "ContainerCreating"}}}]}}  # fmt: skip
+
+
+def test_volume_attach_failures_reach_status() -> None:
+    stuck = scheduled_pending("m-6d9f-xyz", "u2")
+    events = (
+        {"involvedObject": {"kind": "Pod", "name": "m-6d9f-xyz", "uid": "u2"}, "reason": "FailedAttachVolume",
+         "message": MULTI_ATTACH, "lastTimestamp": "2026-11-30T10:00:00Z", "type": "Warning"},
+        # Another pod's event, and a pod that runs: neither is this pod's problem.
+        {"involvedObject": {"kind": "Pod", "name": "other", "uid": "u9"}, "reason": "FailedMount",
+         "message": "MountVolume.SetUp failed", "type": "Warning"},
+    )  # fmt: skip
+    st = status.compute(
+        "m", "ns", 1, "sel", "e", status.Observed(2, dep(2, 1, 2), [pod("a"), stuck], pod_events=events),
+        None, None, "T",
+    )  # fmt: skip
+    conds = {c.type: c for c in st.conditions}
+    assert conds["Ready"].status == "False" and conds["Ready"].reason == "FailedAttachVolume"
+    assert "Multi-Attach error" in conds["Ready"].message
+    assert conds["Reconciling"].reason == "FailedAttachVolume"
+    assert "Stalled" not in conds  # the kubelet keeps trying; it can clear by itself
+
+
+def test_volume_events_of_a_started_pod_are_history() -> None:
+    running = scheduled_pending("m-1", "u1")
+    running["status"]["phase"] = "Running"
+    events = ({"involvedObject": {"name": "m-1", "uid": "u1"}, "reason": "FailedMount", "message": "old"},)
+    assert status.diagnose_pods([running], events) == []
