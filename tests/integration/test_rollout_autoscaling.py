@@ -183,13 +183,13 @@ def test_rollout_blocked_then_progress_deadline(cluster: Cluster, namespace: str
     c = wait_condition(cluster, namespace, "stuck", "Reconciling", reason="RolloutBlocked")
     assert "need 2 nvidia.com/gpu" in c["message"] and "free of 2 allocatable" in c["message"]
     obj = get_model(cluster, namespace, "stuck")
-    assert kstatus.compute(obj, require_observed_generation=True).status == kstatus.Status.IN_PROGRESS
+    assert kstatus.compute(obj).status == kstatus.Status.IN_PROGRESS
     assert run_health(obj)["status"] == "Progressing"  # type: ignore[arg-type]
 
     wait_condition(cluster, namespace, "stuck", "Stalled", reason="ProgressDeadlineExceeded", timeout=150)
     obj = get_model(cluster, namespace, "stuck")
     assert condition(obj, "Reconciling") is None
-    assert kstatus.compute(obj, require_observed_generation=True).status == kstatus.Status.FAILED
+    assert kstatus.compute(obj).status == kstatus.Status.FAILED
     assert run_health(obj)["status"] == "Degraded"  # type: ignore[arg-type]
 
 
@@ -212,7 +212,7 @@ def test_kstatus_and_argocd_agree_on_live_objects(cluster: Cluster, namespace: s
     for name, (ks, argo) in expected.items():
         obj = get_model(cluster, namespace, name)
         assert obj is not None
-        assert kstatus.compute(obj, require_observed_generation=True).status.value == ks, name
+        assert kstatus.compute(obj).status.value == ks, name
         assert run_health(obj)["status"] == argo, name
     assert fine["status"]["observedGeneration"] == fine["metadata"]["generation"]
 

@@ -1,4 +1,5 @@
 """The Argo CD health check in manifests/argocd and kstatus, on the same ModelDeployment samples.
+kstatus is the real library (sigs.k8s.io/cli-utils), run by hack/kstatus-check (tests/kstatus.py).
 
 health.lua runs as Argo CD runs a check from argocd-cm: in Lua 5.1 (gopher-lua's dialect, and 5.4)
 with only the base and table libraries, `obj` set to the object. The samples are the
@@ -8,7 +9,6 @@ cases of manifests/argocd/health_test.yaml, in Argo CD's own test layout.
 from __future__ import annotations
 
 import importlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -259,8 +259,11 @@ KSTATUS_EXPECTED: dict[str, tuple[Status, str]] = {
     "testdata/degraded_oomKilledNotStalled.yaml": (Status.IN_PROGRESS, READY_MESSAGE_OOM),
 }
 
-# Where the two verdicts part by design: (Argo CD, kstatus with require_observed_generation).
+# Where the two verdicts part by design: (Argo CD, kstatus).
 KNOWN_DIVERGENCES: dict[str, tuple[str, Status]] = {
+    # kstatus skips the generation check without status.observedGeneration: this is why the CRD
+    # gives status a default (observedGeneration 0), so no live object ever reads like this.
+    "testdata/progressing_noStatus.yaml": ("Progressing", Status.CURRENT),
     "testdata/degraded_oomKilledNotStalled.yaml": ("Degraded", Status.IN_PROGRESS),
 }
 
@@ -275,17 +278,10 @@ def test_kstatus_on_samples(input_path: str) -> None:
     assert (res.status, res.message) == KSTATUS_EXPECTED[input_path]
 
 
-def test_kstatus_strict_generation_waits_for_the_operator() -> None:
-    res = compute(load("testdata/progressing_noStatus.yaml"), require_observed_generation=True)
-    assert res.status is Status.IN_PROGRESS
-    assert res.message == "ModelDeployment status.observedGeneration not found"
-    assert [c.reason for c in res.conditions] == ["NoObservedGeneration"]
-
-
 @pytest.mark.parametrize("input_path", CASE_PATHS)
 def test_argocd_and_kstatus_agree(input_path: str) -> None:
     argo = run_health(load(input_path))["status"]
-    kstatus = compute(load(input_path), require_observed_generation=True).status
+    kstatus = compute(load(input_path)).status
     if input_path in KNOWN_DIVERGENCES:
         assert (argo, kstatus) == KNOWN_DIVERGENCES[input_path]
     else:
@@ -411,9 +407,6 @@ def test_kstatus_deployment(obj: dict[str, Any], status: Status, message: str) -
     assert (res.status, res.message) == (status, message)
 
 
-NOW = datetime(2025, 6, 5, 12, 0, 0, tzinfo=UTC)
-
-
 def _pod(phase: str, *, created: str = "2025-06-05T11:00:00Z", **status: Any) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -441,16 +434,6 @@ def _pod(phase: str, *, created: str = "2025-06-05T11:00:00Z", **status: Any) ->
             Status.FAILED,
             "Containers in CrashLoop state: tgi",
             id="pod-crashloop",
-        ),
-        pytest.param(
-            _pod(
-                "Pending",
-                created="2025-06-05T11:59:50Z",
-                conditions=[_cond("PodScheduled", "False", "Unschedulable")],
-            ),
-            Status.IN_PROGRESS,
-            "Pod has not been scheduled",
-            id="pod-unschedulable-within-window",
         ),
         pytest.param(
             _pod("Pending", conditions=[_cond("PodScheduled", "False", "Unschedulable")]),
@@ -502,5 +485,5 @@ def _pod(phase: str, *, created: str = "2025-06-05T11:00:00Z", **status: Any) ->
     ],
 )
 def test_kstatus_builtin_kinds(obj: dict[str, Any], status: Status, message: str) -> None:
-    res = compute(obj, now=NOW)
+    res = compute(obj)
     assert (res.status, res.message) == (status, message)
