@@ -38,6 +38,7 @@ RETAIN_ANNOTATION = f"{GROUP}/retain"
 JOB_HASH_ANNOTATION = f"{GROUP}/prefetch-hash"
 CLAIM_UID_ANNOTATION = f"{GROUP}/claim-uid"  # the volume a prefetch Job fills
 CLAIM_SIZE_ANNOTATION = f"{GROUP}/claim-size"  # its requested size when the Job was made
+CREATED_FOR_ANNOTATION = f"{GROUP}/created-for"  # the model whose settings the Job runs with
 
 CONTAINER = "prefetch"
 VOLUME = "data"
@@ -245,24 +246,43 @@ def render_job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
-def should_replace_job(existing: Obj, desired: Obj, claim_uid: str = "") -> bool:
-    """Whether to delete the prefetch Job and start over.
+def should_replace_job(
+    existing: Obj,
+    desired: Obj,
+    claim_uid: str = "",
+    pods: Sequence[Obj] = (),
+    requester: str = "",
+    users: Sequence[str] = (),
+) -> bool:
+    """Whether `requester` (a model using the cache) deletes the prefetch Job to start over.
 
-    A Job that filled another volume (its claim was deleted and made anew, e.g. after
-    VolumeLost) says nothing about this one. A Job that has not completed is replaced once its
-    inputs change (a token added, another image or toleration that lets a stuck pod start); a
-    completed download is done and kept whatever changes."""
+    - A Job that filled another volume (its claim was deleted and made anew, e.g. after
+      VolumeLost) says nothing about this one: replaced.
+    - A completed download is done, whatever changed since: kept.
+    - A Job that failed, or whose pod cannot start (a missing token Secret, an image it cannot
+      pull, nowhere to schedule), is replaced once its inputs change (a token added, another image
+      or toleration, a volume grown after it ran out of space), but only by the model it was made
+      for, or by another user once that model no longer uses the cache: two models that share a
+      cache with different settings never take turns deleting each other's download. A download
+      that is running is never interrupted."""
     meta = existing.get("metadata", {})
-    filled = (meta.get("annotations") or {}).get(CLAIM_UID_ANNOTATION)
+    have = meta.get("annotations") or {}
+    filled = have.get(CLAIM_UID_ANNOTATION)
     if claim_uid and filled and filled != claim_uid:
         return True
     if _job_condition(existing, "Complete", "SuccessCriteriaMet") is not None:
         return False
-    have = meta.get("annotations") or {}
     want = desired.get("metadata", {}).get("annotations") or {}
-    # The claim's size is an input too: a download that ran out of space goes again once the
-    # volume was grown.
-    return any(have.get(k) != want.get(k) for k in (JOB_HASH_ANNOTATION, CLAIM_SIZE_ANNOTATION) if k in want)
+    changed = any(
+        have.get(k) != want.get(k) for k in (JOB_HASH_ANNOTATION, CLAIM_SIZE_ANNOTATION) if k in want
+    )
+    if not changed:
+        return False
+    failed = _job_condition(existing, "Failed", "FailureTarget") is not None
+    if not failed and _pod_problem(pods) is None:
+        return False
+    owner = have.get(CREATED_FOR_ANNOTATION, "")
+    return not owner or owner == requester or owner not in users
 
 
 def _quantity(text: str) -> Decimal:

@@ -40,6 +40,7 @@ class CacheSync:
         affinity: Obj | None,
         *,
         write: bool = True,
+        requester: str = "",
     ) -> cache.CacheVerdict:
         """Create the cache for (model id, revision) if missing and say where it stands. May
         raise SpecError. With write=False nothing is created or changed (a status refresh).
@@ -79,12 +80,18 @@ class CacheSync:
                     affinity=affinity,
                 )
                 claim_uid = str(((pvc_obj or {}).get("metadata") or {}).get("uid") or "")
+                annotations = job["metadata"]["annotations"]
+                annotations[cache.CREATED_FOR_ANNOTATION] = requester
                 if claim_uid:
-                    job["metadata"]["annotations"][cache.CLAIM_UID_ANNOTATION] = claim_uid
-                    job["metadata"]["annotations"][cache.CLAIM_SIZE_ANNOTATION] = cache.requested(
-                        pvc_obj or {}
-                    )
-                if job_obj is not None and cache.should_replace_job(job_obj, job, claim_uid):
+                    annotations[cache.CLAIM_UID_ANNOTATION] = claim_uid
+                    annotations[cache.CLAIM_SIZE_ANNOTATION] = cache.requested(pvc_obj or {})
+                replace = False
+                if job_obj is not None:
+                    pods = self.kube.list("v1", "Pod", namespace, cache.selector_string(key))
+                    models = self.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
+                    users = cache.users(models, key)
+                    replace = cache.should_replace_job(job_obj, job, claim_uid, pods, requester, users)
+                if replace and job_obj is not None:
                     # Unfinished with other inputs now, or it filled a volume since replaced.
                     log.info("%s: replacing prefetch Job %s", namespace, claim)
                     self.kube.delete(job_obj)

@@ -79,6 +79,9 @@ def configure(
     settings.peering.mandatory = peered
     settings.peering.lifetime = peering_lifetime
     settings.watching.server_timeout = 300
+    # A half-open watch must end too, or the operator goes deaf to events until a restart.
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 8
     if namespaced:

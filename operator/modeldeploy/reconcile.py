@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
 from pydantic import ValidationError
@@ -46,9 +47,6 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
 OWN_STATUS_FIELDS = frozenset(ModelDeploymentStatus.model_json_schema(by_alias=True)["properties"])
 OWN_CONDITIONS = frozenset({"Ready", "Reconciling", "Stalled", "CacheReady"})
 
-# Stalled reasons found only by applying (see apierrors.RefusedError and the ownership check).
-APPLY_REFUSALS = frozenset({"ApplyRefused", "Forbidden", "Conflict", "NotOwned"})
-
 DEFAULT_HUB = "https://huggingface.co"
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-autoscaling-handover"
 
@@ -77,6 +75,16 @@ def own_status(raw: Obj) -> Obj:
     return out
 
 
+def merge_patch_to(old: Obj, new: Obj) -> Obj:
+    """A JSON merge patch that turns `old` into `new`: keys gone from `new` become None at every
+    depth of nested objects (lists are replaced whole)."""
+    out: Obj = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        prev = old.get(k)
+        out[k] = merge_patch_to(prev, v) if isinstance(v, dict) and isinstance(prev, dict) else v
+    return out
+
+
 def _controlled_by(obj: Obj, uid: str) -> bool:
     refs = (
         obj.get("metadata", {}).get("owner_references")
@@ -101,6 +109,8 @@ class Snapshot:
     read_arch: ModelArchitecture | None = None
     # Someone (an older operator version) wrote status by update: see Kube.take_over_status.
     status_updated_by_others: bool = False
+    prior_raw: Obj = field(default_factory=dict)  # status as read, for the take-over's deletions
+    facts_error: str = ""  # why the model's config could not be read (if it could not)
 
     @property
     def applied_generation(self) -> int:
@@ -113,13 +123,14 @@ class Snapshot:
         )
 
     @property
-    def refused_by_api_server(self) -> bool:
-        """The current generation was refused at apply time (known only by applying)."""
+    def refused(self) -> bool:
+        """The current generation was refused (by the operator or the API server), as opposed to
+        stalled by what its pods or its cache do."""
         return (
             self.prior is not None
             and self.applied_generation == self.generation
             and any(
-                c.type == "Stalled" and c.status == "True" and c.reason in APPLY_REFUSALS
+                c.type == "Stalled" and c.status == "True" and c.reason not in status.RUNTIME_STALLED
                 for c in self.prior.conditions
             )
         )
@@ -176,9 +187,10 @@ class Reconciler:
         snap = self.observe(namespace, name)
         if snap is None:
             return "gone"
-        if not apply and snap.refused_by_api_server:
-            # Only a full pass can tell whether the API server would now take this generation;
-            # a refresh must not clear the refusal (and call the old children this generation's).
+        if not apply and snap.refused:
+            # A refusal is cleared only by a full pass that applies the generation (say, once
+            # KEDA is installed or GPUs of the type appear); a refresh must not clear it and
+            # call the old children this generation's.
             return "refused"
         error = snap.error
         planned: Planned | None = None
@@ -195,6 +207,7 @@ class Reconciler:
                     if _gone(e):
                         raise
                     raise classify(e, "the weight cache") from e
+                self._keep_planned_facts(snap, planned)
                 planned.desired = self.render(snap, planned)
                 if apply:
                     dep = self.apply(snap, planned.desired, planned.hold) or dep
@@ -234,6 +247,7 @@ class Reconciler:
             spec=None,
             error=None,
             status_updated_by_others=any(updates_status(m) for m in meta.get("managedFields") or []),
+            prior_raw=own_status(body.get("status") or {}),
         )
         try:
             snap.spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
@@ -243,22 +257,37 @@ class Reconciler:
             return snap
         snap.facts = observe.cluster_facts(self.kube, namespace, name)
         try:
-            snap.read_arch = self._read_arch(snap.spec)
+            snap.read_arch = self._read_arch(snap)
         except SpecError as e:
             snap.error = e
         return snap
 
-    def _read_arch(self, spec: ModelDeploymentSpec) -> ModelArchitecture | None:
+    def _read_arch(self, snap: Snapshot) -> ModelArchitecture | None:
         """Facts from the model's config.json when neither spec nor catalog has them."""
-        model_id, arch = model_facts(spec)
+        assert snap.spec is not None
+        model_id, arch = model_facts(snap.spec)
         if arch is not None or not model_id or not self.settings.read_model_config:
             return None
         try:
-            return self.hub.read(model_id, spec.model.revision)
+            return self.hub.read(model_id, snap.spec.model.revision)
         except FactsUnavailableError as e:
-            # Gated, private or unreachable: serve as asked, without a plan.
-            log.debug("no architecture facts for %s: %s", model_id, e)
+            # Gated, private or unreachable: serve as asked, without a plan (or with the facts
+            # the prefetch reads from the files).
+            log.debug("%s/%s: no architecture facts for %s: %s", snap.namespace, snap.name, model_id, e)
+            snap.facts_error = str(e)
             return None
+
+    def _keep_planned_facts(self, snap: Snapshot, planned: Planned) -> None:
+        """A model planned from facts read off the Hub is never re-planned without them because
+        the Hub did not answer this time (an outage, a restart that lost the memory of them):
+        that would change its GPUs and token limits. It waits, serving as it is."""
+        had = snap.prior is not None and snap.prior.plan is not None
+        had_facts = had and snap.prior.plan.estimated_gi_b_per_gpu is not None  # type: ignore[union-attr]
+        if snap.facts_error and had_facts and planned.plan.estimated_gi_b_per_gpu is None:
+            raise TransientError(
+                f"the model's architecture facts could not be read ({snap.facts_error[:300]}); "
+                "it keeps its current plan until they can"
+            )
 
     # -- plan (pure) ----------------------------------------------------------------------------
 
@@ -291,6 +320,7 @@ class Reconciler:
             resolved.image,
             render.affinity(resolved),
             write=write,
+            requester=snap.name,
         )
         planned.verdict = verdict
         if not verdict.ready:
@@ -345,7 +375,14 @@ class Reconciler:
                 )
             ours[key] = found is not None
         if desired and desired[0]["kind"] == "Deployment" and "replicas" not in desired[0]["spec"]:
-            self._hand_over_replicas(dep_before)
+            try:
+                self._hand_over_replicas(dep_before)
+            except (ApiException, DynamicApiError) as e:
+                if _gone(e):
+                    raise
+                raise classify(e, "handing the Deployment's replicas to the autoscaler") from e
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise TransientError(f"handing over replicas: {type(e).__name__}: {e}"[:900]) from e
         # A refused generation is "observed" too: it is dry-run again until it goes through.
         first = snap.generation > snap.applied_generation or snap.stalled
         passes = (True, False) if first else (False,)
@@ -359,6 +396,8 @@ class Reconciler:
                     if _gone(e):
                         raise  # the model's namespace is going: nothing to report
                     raise classify(e, f"{key[0]} {key[1]}") from e
+                except (urllib3.exceptions.HTTPError, OSError) as e:  # timeouts, resets
+                    raise TransientError(f"{key[0]} {key[1]}: {type(e).__name__}: {e}"[:900]) from e
                 if obj["kind"] == "Deployment" and not dry_run:
                     dep = out
         try:
@@ -479,8 +518,7 @@ class Reconciler:
         new_raw = new.model_dump(by_alias=True, exclude_none=True)
         prior_raw = snap.prior.model_dump(by_alias=True, exclude_none=True) if snap.prior else None
         if snap.status_updated_by_others:
-            stale = {k: None for k in OWN_STATUS_FIELDS if k not in new_raw}
-            self.kube.take_over_status(snap.namespace, snap.name, {**stale, **new_raw})
+            self.kube.take_over_status(snap.namespace, snap.name, merge_patch_to(snap.prior_raw, new_raw))
             self.kube.apply_status(snap.namespace, snap.name, new_raw)
         elif new_raw != prior_raw:
             self.kube.apply_status(snap.namespace, snap.name, new_raw)

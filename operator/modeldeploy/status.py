@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy.api import Condition, ModelDeploymentStatus, PlanStatus
-from modeldeploy.cache import CacheVerdict
+from modeldeploy.cache import STALLED, CacheVerdict
 from modeldeploy.errors import SpecError
 
 Obj = dict[str, Any]
@@ -19,6 +19,13 @@ Obj = dict[str, Any]
 # Waiting reasons that will not clear without a change by someone.
 FATAL_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                  "CrashLoopBackOff")  # fmt: skip
+
+
+# Stalled reasons that come from what pods, the Deployment or the cache do, as opposed to a
+# refusal of the spec (which only a full pass can clear).
+RUNTIME_STALLED = frozenset(
+    {*FATAL_WAITING, "OOMKilled", "ProgressDeadlineExceeded", "ReplicaFailure", *(r.value for r in STALLED)}
+)
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,26 @@ def diagnose_pods(pods: list[Obj], events: tuple[Obj, ...] = ()) -> list[PodProb
     return out
 
 
+TEMPLATE_HASH_LABEL = "pod-template-hash"  # set by the Deployment controller on each pod
+
+
+def newest_template_pods(pods: list[Obj]) -> list[Obj]:
+    """The pods of the most recently created pod template (ReplicaSet) among `pods`."""
+    newest: dict[str, str] = {}
+    for p in pods:
+        meta = p.get("metadata") or {}
+        h = (meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL, "")
+        newest[h] = max(newest.get(h, ""), str(meta.get("creationTimestamp") or ""))
+    if len(newest) <= 1:
+        return pods
+    latest = max(newest, key=lambda h: newest[h])
+    return [
+        p
+        for p in pods
+        if ((p.get("metadata") or {}).get("labels") or {}).get(TEMPLATE_HASH_LABEL, "") == latest
+    ]
+
+
 def _ready_pods(pods: list[Obj]) -> int:
     return sum(
         1
@@ -219,11 +246,20 @@ def compute(
         assert observed is not None
         desired = observed.desired_replicas
         problems = diagnose_pods(observed.pods, observed.pod_events)
+        # Stalled is judged on the current template only: until the Deployment controller has
+        # seen the latest spec, and for pods of an older ReplicaSet (still crash-looping while a
+        # fix rolls out), a failure is the past, not this generation's.
+        current = newest_template_pods(observed.pods)
+        fatal_now = [p for p in diagnose_pods(current, observed.pod_events) if p.fatal]
         # A fatal pod matters only while the model lacks ready replicas: one crash-looping surge
         # pod beside a full set of serving ones is a rollout problem, not a dead model.
-        fatal = next((p for p in problems if p.fatal), None) if _ready_pods(observed.pods) < desired else None
-        if numbers.replica_failure and ready < desired:
+        fatal = None
+        if dep_observed and fatal_now and _ready_pods(observed.pods) < desired:
+            fatal = fatal_now[0]
+        if dep_observed and numbers.replica_failure and ready < desired:
             fatal = PodProblem("ReplicaFailure", f"pods cannot be created: {numbers.replica_failure}", True)
+        if not dep_observed:
+            deadline = ""
         done = (
             dep is not None
             and dep_observed
@@ -234,10 +270,13 @@ def compute(
         counts = f"{ready}/{desired} replicas ready, {updated} updated"
         cv = observed.cache
         waiting_cache = cv is not None and not cv.ready
-        if cv is not None and waiting_cache and dep is None:
-            # No serving pods are started before the weights are on the volume.
+        if cv is not None and waiting_cache:
+            # No serving pods are started before the weights are on the volume; pods of an
+            # earlier revision may serve meanwhile, but this generation does not.
             reason = cv.reason if cv.stalled else "WaitingForCache"
-            conds.append(_cond("Ready", "False", reason, f"weight cache {cv.status.phase}: {cv.message}"))
+            earlier = "; the previous revision's pods keep serving" if dep is not None else ""
+            msg = f"weight cache {cv.status.phase}: {cv.message}{earlier}"
+            conds.append(_cond("Ready", "False", reason, msg))
         elif desired == 0 and done:
             conds.append(_cond("Ready", "True", "ScaledToZero", "scaled to zero replicas"))
         elif fatal is not None:

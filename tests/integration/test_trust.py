@@ -13,7 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes import config
 
+from modeldeploy.kube import Kube
+from modeldeploy.reconcile import Reconciler
+from modeldeploy.settings import Settings
 from tests.conftest import Cluster, condition
 from tests.integration.test_reconcile import (
     get_model,
@@ -238,7 +242,15 @@ def test_stale_status_fields_disappear_and_unchanged_status_writes_nothing(
 
     obj = cluster.wait("status.cache removed", cache_gone)
     assert condition(obj, "CacheReady") is None
-    wait_ready(cluster, namespace, "stale")
+    # Settled: the rollout that dropped the volume is over (nothing left to report).
+    cluster.wait(
+        "rollout settled",
+        lambda: (
+            (o := get_model(cluster, namespace, "stale"))
+            and condition(o, "Reconciling") is None
+            and (condition(o, "Ready") or {}).get("status") == "True"
+        ),
+    )
     # Two more full passes of an unchanged model: the object is not written at all.
     before = get_model(cluster, namespace, "stale")
     assert before is not None
@@ -409,3 +421,24 @@ def test_cache_changes_a_volume_cannot_take_are_reported(
     assert obj["status"]["observedGeneration"] == gen
     (pvc,) = cluster.list("pvc", namespace, "modeldeploy.dev/cache-key")
     assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi"
+
+
+def test_a_hub_outage_never_replans_a_model_without_its_facts(
+    cluster: Cluster, namespace: str, operator: Any
+) -> None:
+    # acme/tiny-llm is outside the catalog: its plan comes from config.json on the Hub stand-in.
+    body = model("facts", resources={"gpus": "auto", "gpuType": "nvidia-l4"})
+    body["spec"]["model"] = {"id": "acme/tiny-llm"}
+    cluster.apply(body, namespace)
+    obj = wait_ready(cluster, namespace, "facts")
+    assert obj["status"]["plan"]["estimatedGiBPerGpu"] > 0
+    dep_before = cluster.get("deployment", "facts", namespace)
+    assert dep_before is not None
+    # A replica that starts while the Hub is unreachable (nothing listens on port 9).
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    outage = Reconciler(Kube(api), Settings(hf_endpoint="http://127.0.0.1:9"))
+    assert outage.reconcile(namespace, "facts") is True  # to be retried, with backoff
+    dep = cluster.get("deployment", "facts", namespace)
+    assert dep is not None
+    assert dep["metadata"]["generation"] == dep_before["metadata"]["generation"]
+    assert dep["spec"]["template"] == dep_before["spec"]["template"]

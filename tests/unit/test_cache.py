@@ -233,8 +233,24 @@ def test_an_unfinished_job_is_replaced_only_when_its_inputs_changed() -> None:
     assert cache.should_replace_job(old, _job(token_ref=SecretKeyRef(name="hf-token")))
     # A pod stuck on a missing Secret or an image it cannot pull: fixing the spec restarts it.
     stuck = _job()
-    assert cache.should_replace_job(stuck, _job(token_ref=SecretKeyRef(name="hf-token")))
-    assert not cache.should_replace_job(stuck, _job())
+    stuck_pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
+        {"name": "prefetch", "state": {"waiting": {"reason": "CreateContainerConfigError"}}}]}}  # fmt: skip
+    fixed = _job(token_ref=SecretKeyRef(name="hf-token"))
+    assert cache.should_replace_job(stuck, fixed, pods=[stuck_pod])
+    assert not cache.should_replace_job(stuck, _job(), pods=[stuck_pod])
+    # A download that is running is never interrupted.
+    assert not cache.should_replace_job(stuck, fixed, pods=[{"metadata": {"name": "p"}, "status": {}}])
+
+
+def test_models_sharing_a_cache_never_take_turns_deleting_its_job() -> None:
+    failed = _job()
+    failed["metadata"]["annotations"][cache.CREATED_FOR_ANNOTATION] = "a"
+    failed["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+    other = _job(token_ref=SecretKeyRef(name="b-token"))
+    # b has other settings, but the Job is a's while a uses the cache: b leaves it.
+    assert not cache.should_replace_job(failed, other, requester="b", users=["a", "b"])
+    assert cache.should_replace_job(failed, other, requester="a", users=["a", "b"])
+    assert cache.should_replace_job(failed, other, requester="b", users=["b"])  # a is gone
 
 
 def test_a_completed_job_is_kept_unless_it_filled_another_volume() -> None:

@@ -1,5 +1,5 @@
-"""A model that fails the same way every pass is logged in full once, then in one line; every
-line names the model."""
+"""Pure parts of the pass: logging of repeated failures, the status take-over's merge patch,
+which refusals a status refresh must keep."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from modeldeploy.reconcile import Reconciler
+from modeldeploy.api import ModelDeploymentStatus
+from modeldeploy.reconcile import Reconciler, Snapshot, merge_patch_to
 
 
 def test_repeated_failure_is_logged_in_full_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -28,3 +29,36 @@ def test_repeated_failure_is_logged_in_full_once(caplog: pytest.LogCaptureFixtur
     # A different failure is news again.
     rec._log_failure("ns", "m", "spec.engine: other", exc=False)
     assert "still failing" not in caplog.records[-1].getMessage()
+
+
+def test_merge_patch_deletes_stale_keys_at_every_depth() -> None:
+    old = {
+        "plan": {"gpusPerReplica": 2, "estimatedGiBPerGpu": 30.1},
+        "cache": {"phase": "Ready"},
+        "model": "m",
+    }
+    new = {"plan": {"gpusPerReplica": 1}, "model": "m"}
+    patch = merge_patch_to(old, new)
+    assert patch == {"cache": None, "plan": {"estimatedGiBPerGpu": None, "gpusPerReplica": 1}, "model": "m"}
+
+
+def _snap(reason: str, observed: int, generation: int) -> Snapshot:
+    prior = ModelDeploymentStatus.model_validate({
+        "observedGeneration": observed,
+        "conditions": [{"type": "Ready", "status": "False", "reason": reason},
+                       {"type": "Stalled", "status": "True", "reason": reason}],
+    })  # fmt: skip
+    return Snapshot("ns", "m", "uid", generation, prior, None, None)
+
+
+@pytest.mark.parametrize(
+    "reason", ["InvalidSpec", "DoesNotFit", "ApplyRefused", "NotOwned", "InvalidShardCount"]
+)
+def test_a_refresh_keeps_every_refusal_of_the_current_generation(reason: str) -> None:
+    assert _snap(reason, 2, 2).refused
+    assert not _snap(reason, 1, 2).refused  # a newer generation: a full pass is coming anyway
+
+
+@pytest.mark.parametrize("reason", ["CrashLoopBackOff", "OOMKilled", "ReplicaFailure", "GatedModel"])
+def test_a_refresh_updates_what_pods_and_caches_do(reason: str) -> None:
+    assert not _snap(reason, 2, 2).refused
