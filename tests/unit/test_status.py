@@ -185,3 +185,31 @@ def test_volume_events_of_a_started_pod_are_history() -> None:
     running["status"]["phase"] = "Running"
     events = ({"involvedObject": {"name": "m-1", "uid": "u1"}, "reason": "FailedMount", "message": "old"},)
     assert status.diagnose_pods([running], events) == []
+
+
+def _of(template: str, created: str, p: dict[str, Any]) -> dict[str, Any]:
+    p["metadata"] = {**p["metadata"], "labels": {"pod-template-hash": template}, "creationTimestamp": created}
+    return p
+
+
+def test_a_fix_rolling_out_is_not_stalled_by_the_old_pods() -> None:
+    crash = {"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 9}
+    old = _of("old", "2026-11-30T10:00:00Z", pod("m-old-1", **crash))
+    new = _of(
+        "new", "2026-11-30T10:05:00Z", pod("m-new-1", state={"waiting": {"reason": "ContainerCreating"}})
+    )
+    conds = compute(status.Observed(1, dep(2, 0, 1, generation=2, observed=2), [old, new]))
+    assert "Stalled" not in conds, conds
+    assert conds["Reconciling"]["status"] == "True"
+    # The new template crash-loops too: now it is this generation's failure.
+    new_crash = _of("new", "2026-11-30T10:05:00Z", pod("m-new-1", **crash))
+    conds = compute(status.Observed(1, dep(2, 0, 1, generation=2, observed=2), [old, new_crash]))
+    assert conds["Stalled"]["reason"] == "CrashLoopBackOff"
+
+
+def test_nothing_is_stalled_before_the_deployment_controller_saw_the_change() -> None:
+    crash = {"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 9}
+    conds = compute(
+        status.Observed(1, dep(1, 0, 1, generation=3, observed=2, deadline=True), [pod("p", **crash)])
+    )
+    assert "Stalled" not in conds, conds
