@@ -1,6 +1,7 @@
 """A real local control plane for tests and the demo: etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and KWOK (simulated nodes), each a process
-started from the binaries `hack/build-controlplane.sh` builds.
+started from the binaries `hack/build-controlplane.sh` builds. `mdlocal.flux` starts Flux
+beside it.
 
 A development tool, kept out of the operator's package (it never ships in the wheel or image).
 With `devtools` on the path (the Makefile and pytest set it):
@@ -306,10 +307,15 @@ class LocalCluster:
 
     # -- process handling ------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         logf = (self.state / "logs" / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
         self.procs[name] = proc
         self._write_pids()
@@ -342,6 +348,15 @@ class LocalCluster:
         started = time.monotonic()
         wait_for(f"{name} to be healthy (log: {self.state}/logs/{name}.log)", check, timeout)
         log(f"{name} ready ({time.monotonic() - started:.1f}s)")
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Start a process beside the control plane (its log in STATE/logs/NAME.log); `stop` and
+        `python -m mdlocal.localcluster down` stop it with the rest, before the control plane."""
+        self._spawn(name, argv, env)
+
+    def wait_healthy(self, name: str, probe: Callable[[], bool], timeout: float = 120.0) -> None:
+        """Wait for `probe` while the process NAME is alive (a dead process ends the wait)."""
+        self._wait_healthy(name, probe, timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
