@@ -7,7 +7,7 @@ STATE ?= .modeldeploy/demo
 # package; the demo, the benchmark, `make down` and the tests import them from here.
 export PYTHONPATH := $(CURDIR)/devtools$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup controlplane demo down test lint unit crd bench
+.PHONY: setup controlplane kstatus-check demo demo-gitops down test lint unit crd bench
 
 $(VENV)/.installed: pyproject.toml
 	@echo "[setup] creating $(VENV) and installing modeldeploy with its dev tools"
@@ -21,8 +21,16 @@ setup: $(VENV)/.installed
 controlplane:
 	bash hack/build-controlplane.sh
 
+# The real kstatus library as a program (hack/kstatus-check); the unit tests judge status with it.
+kstatus-check:
+	bash hack/build-controlplane.sh kstatus
+
 demo: setup controlplane
 	$(PY) hack/demo.py --state $(STATE)
+
+# The same demo, with the models synced from a local git repository by Flux's own controllers.
+demo-gitops: setup controlplane
+	$(PY) hack/demo.py --state $(STATE) --gitops
 
 down:
 	$(PY) -m mdlocal.localcluster down $(STATE) || true
@@ -33,7 +41,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check operator devtools tests hack
 	$(VENV)/bin/mypy
 
-unit: setup
+unit: setup kstatus-check
 	$(VENV)/bin/pytest tests/unit
 
 test: setup controlplane lint

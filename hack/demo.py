@@ -1,5 +1,10 @@
 """The local demo: a real control plane with simulated GPU nodes, the operator, the example
-models reconciled, and their status printed. Leaves everything running; `make down` stops it."""
+models reconciled, and their status printed. Leaves everything running; `make down` stops it.
+
+With --gitops (`make demo-gitops`) the models come from a local git repository instead of
+`kubectl apply`: Flux's own source-controller and kustomize-controller sync them, health-checking
+each with the `healthCheckExprs` recipe of docs/gitops.md, and the demo prints Flux's verdict next
+to the models."""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from mdlocal.flux import Flux, FluxBinaries, docs_health_check_exprs, kustomization
 from mdlocal.localcluster import Binaries, LocalCluster, log, start_operator, stop_state_dir, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +28,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--state", type=Path, default=REPO / ".modeldeploy" / "demo")
     ap.add_argument("--timeout", type=float, default=180.0)
+    ap.add_argument("--gitops", action="store_true", help="sync the example models from git with Flux")
     args = ap.parse_args()
     state: Path = args.state.resolve()
 
@@ -33,6 +41,7 @@ def main() -> int:
     started = time.monotonic()
     log("step 1/6: starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK)")
     cluster = LocalCluster(state=state, bins=Binaries.locate())
+    flux_bins = FluxBinaries.locate() if args.gitops else None  # missing binaries fail before the start
     cluster.start()
     kubectl = cluster.kubectl
 
@@ -64,14 +73,29 @@ def main() -> int:
     proc = start_operator({**cluster.env(), "KUBECONFIG": str(sa_config)}, state / "logs" / "operator.log")
     pidfile.write_text(str(proc.pid))
 
-    log(f"step 5/6: applying the example models in namespace {NAMESPACE}")
     kubectl("create", "namespace", NAMESPACE)
     # The gated Llama example reads its token from this Secret (a placeholder here).
     kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE, "--from-literal=token=placeholder")
     examples = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
-    for path in examples:
-        kubectl("apply", "-n", NAMESPACE, "-f", str(path))
-        log(f"  applied {path.name}")
+    flux: Flux | None = None
+    if flux_bins is not None:
+        log(f"step 5/6: Flux syncs the example models from git into namespace {NAMESPACE}")
+        flux = Flux(cluster, flux_bins)
+        flux.start()
+        repo = flux.repo("platform")
+        sha = repo.commit({f"models/{p.name}": p.read_text() for p in examples}, "the example models")
+        log(f"  committed {len(examples)} models to {repo.work} ({sha[:12]}), served at {repo.url}")
+        cluster.apply([
+            repo.git_repository("flux-system", interval="10s"),
+            kustomization("models", "flux-system", "platform", "./models", timeout="10m", interval="1m",
+                          target_namespace=NAMESPACE,
+                          health_check_exprs=docs_health_check_exprs(REPO / "docs" / "gitops.md")),
+        ])  # fmt: skip
+    else:
+        log(f"step 5/6: applying the example models in namespace {NAMESPACE}")
+        for path in examples:
+            kubectl("apply", "-n", NAMESPACE, "-f", str(path))
+            log(f"  applied {path.name}")
 
     log("step 6/6: waiting until every model is Ready or says why not")
     deadline = time.monotonic() + args.timeout
@@ -91,10 +115,19 @@ def main() -> int:
                 # Settled on a reason (e.g. Unschedulable: no free GPU of its type).
                 waiting[m["metadata"]["name"]] = f"{r['reason']}: {r.get('message', '')}"
         line = f"  {len(ready)}/{len(items)} models Ready, {len(waiting)} reporting why not"
+        if flux is not None:
+            line += f"; Flux: {flux_verdict(kubectl)}"
         if line != last:
             log(line)
             last = line
-        if len(ready) + len(waiting) == len(items) or time.monotonic() > deadline:
+        settled = len(ready) + len(waiting) == len(items) and len(items) == len(examples)
+        if flux is not None:
+            # Flux has applied the commit and is health-checking it, or has a verdict.
+            verdict = flux_verdict(kubectl)
+            settled = settled and (
+                "Running health checks" in verdict or verdict.startswith(("Ready", "Failed"))
+            )
+        if settled or time.monotonic() > deadline:
             break
         time.sleep(1)
 
@@ -104,12 +137,34 @@ def main() -> int:
     print(kubectl("get", "nodes", "-L", "nvidia.com/gpu.product"))
     for name, why in waiting.items():
         print(f"{name} is not Ready, and says why: {why}\n")
+    if flux is not None:
+        print(kubectl("get", "gitrepository,kustomization", "-n", "flux-system"))
+        print(f"Flux's verdict on the models: {flux_verdict(kubectl)}")
+        print("  (Flux stays in progress while a model waits for a GPU: never Ready before every model is.)")
+        print(f"Change the models in git: cd {flux.root / 'work' / 'platform'} && edit models/*.yaml && "
+              "git commit -am change && git push origin main")  # fmt: skip
+        print(f"Flux's Events: {cluster.bins.kubectl} events -n flux-system --for kustomization/models\n")
     print(f"Demo up in {time.monotonic() - started:.0f}s. Use the cluster with:")
     print(f"  export KUBECONFIG={cluster.kubeconfig_path}")
     print(f"  {cluster.bins.kubectl} describe mdep -n {NAMESPACE}")
     print(f"Operator log: {state / 'logs' / 'operator.log'}")
     print("Stop everything with: make down")
     return 0
+
+
+def flux_verdict(kubectl: Callable[..., str]) -> str:
+    """The Kustomization's Ready condition as one line: status, reason, message."""
+    ks = json.loads(kubectl("get", "kustomization", "models", "-n", "flux-system", "-o", "json"))
+    conds = {c["type"]: c for c in (ks.get("status") or {}).get("conditions") or []}
+    ready = conds.get("Ready")
+    if ready is None:
+        return "not reconciled yet"
+    if ready["status"] == "Unknown" and "Reconciling" in conds:
+        ready = conds["Reconciling"]  # says what it is doing: applying, or which health checks run
+    word = {"True": "Ready", "False": "Failed", "Unknown": "In progress"}[ready["status"]]
+    if ready["type"] == "Reconciling":
+        word = "In progress"
+    return f"{word} ({ready['reason']}): {ready['message']}"
 
 
 if __name__ == "__main__":

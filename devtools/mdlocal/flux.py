@@ -86,6 +86,9 @@ class GitRepo:
         _git("init", "--quiet", "--bare", "--initial-branch=main", str(self.bare), cwd=self.bare.parent)
         _git("init", "--quiet", "--initial-branch=main", cwd=self.work)
         _git("remote", "add", "origin", str(self.bare), cwd=self.work)
+        # So that a person can commit in the work tree too (the demo invites it).
+        _git("config", "user.name", "modeldeploy demo", cwd=self.work)
+        _git("config", "user.email", "gitops@modeldeploy.dev", cwd=self.work)
 
     def commit(self, files: Mapping[str, FileContent], message: str) -> str:
         """Write (a dict or list is written as YAML) or delete (None) files, commit, push to the

@@ -351,6 +351,10 @@ def test_model_waiting_for_a_gpu_type_with_no_nodes_is_never_healthy(cluster: Cl
     fixed_at = time.monotonic()
     sync.wait_ready(fix_rev, timeout=60)
     assert time.monotonic() - fixed_at < SOURCE_INTERVAL + 25
+    canceled = sync.wait_event("health check canceled", lambda e: e["reason"] == "HealthCheckCanceled")
+    assert canceled["message"].startswith(
+        "Health checks canceled due to new reconciliation triggered by GitRepository/"
+    )
     ready_models(cluster, sync.namespace, ["lone"])
 
 
