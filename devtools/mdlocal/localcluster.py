@@ -5,7 +5,8 @@ beside it.
 
 A development tool, kept out of the operator's package (it never ships in the wheel or image).
 With `devtools` on the path (the Makefile and pytest set it):
-`PYTHONPATH=devtools python -m mdlocal.localcluster up DIR` starts one and leaves it running;
+`PYTHONPATH=devtools python -m mdlocal.localcluster up DIR [--flux]` starts one (and Flux) and
+leaves it running;
 `PYTHONPATH=devtools python -m mdlocal.localcluster down DIR` stops it.
 """
 
@@ -634,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mdlocal.localcluster")
     ap.add_argument("action", choices=["up", "down"])
     ap.add_argument("state", type=Path, help="directory for the cluster's files, pids and logs")
+    ap.add_argument("--flux", action="store_true", help="also start Flux beside it (mdlocal.flux)")
     args = ap.parse_args(argv)
     state: Path = args.state.resolve()
     if args.action == "down":
@@ -643,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     cluster.start()
     log(f"control plane up in {time.monotonic() - started:.1f}s; KUBECONFIG={cluster.kubeconfig_path}")
+    if args.flux:
+        from mdlocal.flux import Flux  # here: mdlocal.flux imports this module
+
+        flux = Flux(cluster)
+        flux.start()
+        log(f"git repositories under {flux.root / 'repos'} are served at {flux.git_url}/NAME.git")
     return 0
 
 
