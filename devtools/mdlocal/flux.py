@@ -229,17 +229,21 @@ class Flux:
                              f"reconcile.fluxcd.io/requestedAt={stamp}")  # fmt: skip
 
 
+def docs_objects(doc: Path) -> list[dict[str, Any]]:
+    """The Kubernetes objects (mappings with a kind) in a Markdown file's YAML blocks."""
+    out: list[dict[str, Any]] = []
+    for block in _yaml_blocks(doc.read_text()):
+        with contextlib.suppress(yaml.YAMLError):
+            out += [o for o in yaml.safe_load_all(block) if isinstance(o, dict) and "kind" in o]
+    return out
+
+
 def docs_health_check_exprs(doc: Path) -> list[dict[str, str]]:
     """The `healthCheckExprs` of the first Kustomization in a Markdown file's YAML blocks: the
     tests and the demo run the recipe exactly as docs/gitops.md prints it."""
-    text = doc.read_text()
-    for block in _yaml_blocks(text):
-        with contextlib.suppress(yaml.YAMLError):
-            for obj in yaml.safe_load_all(block):
-                if isinstance(obj, dict) and obj.get("kind") == "Kustomization":
-                    exprs = (obj.get("spec") or {}).get("healthCheckExprs")
-                    if exprs:
-                        return [dict(e) for e in exprs]
+    for obj in docs_objects(doc):
+        if obj["kind"] == "Kustomization" and (obj.get("spec") or {}).get("healthCheckExprs"):
+            return [dict(e) for e in obj["spec"]["healthCheckExprs"]]
     raise ValueError(f"no Kustomization with healthCheckExprs in {doc}")
 
 

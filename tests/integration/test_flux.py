@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from mdlocal.flux import Flux, GitRepo, docs_health_check_exprs, kustomization
+from mdlocal.flux import Flux, GitRepo, docs_health_check_exprs, docs_objects, kustomization
 from mdlocal.localcluster import LocalCluster
 from tests import kstatus
 from tests.conftest import Cluster, condition
@@ -383,3 +384,14 @@ def test_docs_recipe_is_what_the_tests_run() -> None:
     exprs = docs_health_check_exprs(REPO / "docs" / "gitops.md")
     assert [e["kind"] for e in exprs] == ["ModelDeployment"]
     assert {"inProgress", "failed", "current"} <= exprs[0].keys()
+
+
+def test_docs_flux_manifests_are_accepted(cluster: Cluster, flux: Flux, namespace: str) -> None:
+    """The GitRepository and Kustomization docs/gitops.md shows pass the Flux CRDs' validation."""
+    objs = [o for o in docs_objects(REPO / "docs" / "gitops.md")
+            if o["kind"] in ("GitRepository", "Kustomization")]  # fmt: skip
+    assert {o["kind"] for o in objs} == {"GitRepository", "Kustomization"}
+    for o in objs:
+        o["metadata"]["namespace"] = namespace
+    res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(objs))
+    assert res.stdout.count("(server dry run)") == len(objs), res.stdout
