@@ -310,6 +310,7 @@ def test_admission_refusal_is_reported_by_flux(cluster: Cluster, sync: Sync) -> 
     # The API server's own message, naming the field, as Flux reports it.
     assert f"ModelDeployment/{sync.namespace}/m" in ready["message"], ready["message"]
     assert "spec.resources.memory" in ready["message"], ready["message"]
+    assert "must be a Kubernetes quantity" in ready["message"], ready["message"]
     assert ks["status"]["lastAppliedRevision"] == good_rev
     event = sync.wait_event(
         "apply refused", lambda e: e["type"] == "Warning" and "spec.resources.memory" in e["message"]
@@ -334,8 +335,11 @@ def test_model_waiting_for_a_gpu_type_with_no_nodes_is_never_healthy(cluster: Cl
         "model waits for its GPUs",
         lambda: condition(get_model(cluster, sync.namespace, "lone"), "Reconciling"),
     )
-    # Three of kustomize-controller's health polls (5 s apart): in progress, never healthy.
-    deadline = time.monotonic() + 15
+    rec = condition(get_model(cluster, sync.namespace, "lone"), "Reconciling")
+    assert rec is not None and rec["reason"] in ("RolloutBlocked", "Unschedulable"), rec
+    # An observation window (what must never happen cannot be waited for): two more of
+    # kustomize-controller's health polls, 5 s apart. In progress, never healthy.
+    deadline = time.monotonic() + 11
     while time.monotonic() < deadline:
         ks = sync.ks()
         ready = condition(ks, "Ready")
