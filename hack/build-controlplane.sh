@@ -158,7 +158,7 @@ build_flux_controller() {
 // Package flux only pins github.com/fluxcd/$name so its command can be built.
 package flux
 GO
-  log "flux $name v$version: building (cold: 10-20 min on 2 cores; cached afterwards)"
+  log "flux $name v$version: building (cold: 2-6 min each on 2 cores; cached afterwards)"
   (cd "$src" && go build -v -trimpath -ldflags "-s -w" -o "$out/$name" "github.com/fluxcd/$name" 2>&1) \
     | progress "flux $name"
   test -x "$out/$name" || { log "flux $name build failed"; exit 1; }
