@@ -259,12 +259,13 @@ def should_replace_job(
     - A Job that filled another volume (its claim was deleted and made anew, e.g. after
       VolumeLost) says nothing about this one: replaced.
     - A completed download is done, whatever changed since: kept.
-    - A Job that failed, or whose pod cannot start (a missing token Secret, an image it cannot
-      pull, nowhere to schedule), is replaced once its inputs change (a token added, another image
-      or toleration, a volume grown after it ran out of space), but only by the model it was made
-      for, or by another user once that model no longer uses the cache: two models that share a
-      cache with different settings never take turns deleting each other's download. A download
-      that is running is never interrupted."""
+    - A Job that failed is replaced by a user whose inputs differ (a token added, another image
+      or toleration, a volume grown after it ran out of space): a failure takes a whole attempt,
+      so two users with different settings cannot loop fast.
+    - A Job whose pod cannot start (a missing token Secret, an image it cannot pull, nowhere to
+      schedule) is replaced on changed inputs only by the model it was made for, or by another
+      user once that model no longer uses the cache: two models that share a cache never take
+      turns deleting each other's Job. A download that is running is never interrupted."""
     meta = existing.get("metadata", {})
     have = meta.get("annotations") or {}
     filled = have.get(CLAIM_UID_ANNOTATION)
@@ -278,8 +279,9 @@ def should_replace_job(
     )
     if not changed:
         return False
-    failed = _job_condition(existing, "Failed", "FailureTarget") is not None
-    if not failed and _pod_problem(pods) is None:
+    if _job_condition(existing, "Failed", "FailureTarget") is not None:
+        return True  # finished, failed: any user with other settings may try its own
+    if _pod_problem(pods) is None:
         return False
     owner = have.get(CREATED_FOR_ANNOTATION, "")
     return not owner or owner == requester or owner not in users

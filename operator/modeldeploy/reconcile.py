@@ -281,6 +281,8 @@ class Reconciler:
         """A model planned from facts read off the Hub is never re-planned without them because
         the Hub did not answer this time (an outage, a restart that lost the memory of them):
         that would change its GPUs and token limits. It waits, serving as it is."""
+        if planned.hold:
+            return  # waiting for the cache: the Deployment is left as it is anyway
         had = snap.prior is not None and snap.prior.plan is not None
         had_facts = had and snap.prior.plan.estimated_gi_b_per_gpu is not None  # type: ignore[union-attr]
         if snap.facts_error and had_facts and planned.plan.estimated_gi_b_per_gpu is None:
@@ -493,7 +495,10 @@ class Reconciler:
             desired_replicas=desired_replicas,
             deployment=dep,
             pods=pods,
-            plan=planned.plan if planned is not None and error is None else None,
+            # A pass that must be retried keeps the plan the children were made with.
+            plan=(snap.prior.plan if snap.prior else None)
+            if transient is not None
+            else (planned.plan if planned is not None and error is None else None),
             model_id=planned.resolved.model_id if planned is not None else "",
             blocked=blocked,
             cache=planned.verdict if planned is not None else None,

@@ -148,6 +148,12 @@ def diagnose_pods(pods: list[Obj], events: tuple[Obj, ...] = ()) -> list[PodProb
     return out
 
 
+def mounts_claim(dep: Obj | None, claim: str) -> bool:
+    """Whether the Deployment's pods mount this volume (serve this revision's weights)."""
+    volumes = (((dep or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
+    return any((v.get("persistentVolumeClaim") or {}).get("claimName") == claim for v in volumes)
+
+
 TEMPLATE_HASH_LABEL = "pod-template-hash"  # set by the Deployment controller on each pod
 
 
@@ -270,9 +276,10 @@ def compute(
         counts = f"{ready}/{desired} replicas ready, {updated} updated"
         cv = observed.cache
         waiting_cache = cv is not None and not cv.ready
-        if cv is not None and waiting_cache:
+        if cv is not None and waiting_cache and not mounts_claim(dep, cv.status.claim_name):
             # No serving pods are started before the weights are on the volume; pods of an
-            # earlier revision may serve meanwhile, but this generation does not.
+            # earlier revision may serve meanwhile, but this generation does not. (Pods that
+            # already serve from this very volume, say while a deleted Job runs again, do.)
             reason = cv.reason if cv.stalled else "WaitingForCache"
             earlier = "; the previous revision's pods keep serving" if dep is not None else ""
             msg = f"weight cache {cv.status.phase}: {cv.message}{earlier}"

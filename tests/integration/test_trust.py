@@ -438,6 +438,7 @@ def test_a_hub_outage_never_replans_a_model_without_its_facts(
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     outage = Reconciler(Kube(api), Settings(hf_endpoint="http://127.0.0.1:9"))
     assert outage.reconcile(namespace, "facts") is True  # to be retried, with backoff
+    assert outage.reconcile(namespace, "facts") is True  # and again: the plan is kept meanwhile
     dep = cluster.get("deployment", "facts", namespace)
     assert dep is not None
     assert dep["metadata"]["generation"] == dep_before["metadata"]["generation"]

@@ -243,14 +243,21 @@ def test_an_unfinished_job_is_replaced_only_when_its_inputs_changed() -> None:
 
 
 def test_models_sharing_a_cache_never_take_turns_deleting_its_job() -> None:
+    stuck = _job()
+    stuck["metadata"]["annotations"][cache.CREATED_FOR_ANNOTATION] = "a"
+    stuck_pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
+        {"name": "prefetch", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}  # fmt: skip
+    other = _job(token_ref=SecretKeyRef(name="b-token"))
+    # b has other settings, but the stuck Job is a's while a uses the cache: b leaves it.
+    assert not cache.should_replace_job(stuck, other, pods=[stuck_pod], requester="b", users=["a", "b"])
+    assert cache.should_replace_job(stuck, other, pods=[stuck_pod], requester="a", users=["a", "b"])
+    assert cache.should_replace_job(stuck, other, pods=[stuck_pod], requester="b", users=["b"])  # a is gone
+    # A Job that failed for good (say, gated without a token) is tried again with b's token.
     failed = _job()
     failed["metadata"]["annotations"][cache.CREATED_FOR_ANNOTATION] = "a"
     failed["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
-    other = _job(token_ref=SecretKeyRef(name="b-token"))
-    # b has other settings, but the Job is a's while a uses the cache: b leaves it.
-    assert not cache.should_replace_job(failed, other, requester="b", users=["a", "b"])
-    assert cache.should_replace_job(failed, other, requester="a", users=["a", "b"])
-    assert cache.should_replace_job(failed, other, requester="b", users=["b"])  # a is gone
+    assert cache.should_replace_job(failed, other, requester="b", users=["a", "b"])
+    assert not cache.should_replace_job(failed, _job(), requester="b", users=["a", "b"])
 
 
 def test_a_completed_job_is_kept_unless_it_filled_another_volume() -> None:

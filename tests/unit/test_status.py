@@ -213,3 +213,27 @@ def test_nothing_is_stalled_before_the_deployment_controller_saw_the_change() ->
         status.Observed(1, dep(1, 0, 1, generation=3, observed=2, deadline=True), [pod("p", **crash)])
     )
     assert "Stalled" not in conds, conds
+
+
+def test_a_model_serving_from_its_cache_stays_ready_while_the_download_runs_again() -> None:
+    from modeldeploy import cache as cache_mod
+    from modeldeploy.api import Cache
+
+    claim = cache_mod.claim_name("org/m", "main")
+    pvc = cache_mod.render_pvc("org/m", "main", "ns", Cache(enabled=True), "20Gi")
+    pvc["status"] = {"phase": "Bound"}
+    verdict = cache_mod.cache_status(claim, pvc, None)  # its Job was deleted: a new one starts
+    assert not verdict.ready
+    serving = dep(1, 1, 1)
+    serving["spec"]["template"] = {
+        "spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}
+    }
+    conds = compute(status.Observed(1, serving, [], cache=verdict))
+    assert conds["Ready"]["status"] == "True"
+    # A Deployment of another revision (another volume) does not serve this generation.
+    other = dep(1, 1, 1)
+    other["spec"]["template"] = {
+        "spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "x"}}]}
+    }
+    conds = compute(status.Observed(1, other, [], cache=verdict))
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "WaitingForCache"
