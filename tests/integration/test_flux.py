@@ -26,6 +26,7 @@ from mdlocal.localcluster import LocalCluster
 from tests import kstatus
 from tests.conftest import Cluster, condition
 from tests.integration.test_reconcile import get_model, model
+from tests.integration.test_trust import replicas_policy
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_INTERVAL = 5.0  # seconds: the GitRepository's spec.interval
@@ -296,6 +297,31 @@ def test_operator_refusal_fails_flux_early_and_a_revert_recovers(cluster: Cluste
     assert condition(obj, "Stalled") is None
     sync.wait_event("recovered", lambda e: e["type"] == "Normal" and _revision(e) == revert_rev
                     and e["message"].startswith("Health check passed"))  # fmt: skip
+
+
+def test_child_refused_by_cluster_policy_fails_flux_early(cluster: Cluster, sync: Sync) -> None:
+    # The ModelDeployment is admitted; the Deployment it needs is not (a ValidatingAdmissionPolicy
+    # allows at most 2 replicas here). The operator's dry run meets the refusal: Stalled, ApplyRefused.
+    good = model("m", resources=H100)
+    with replicas_policy(cluster, sync.namespace, 2):
+        _synced(cluster, sync, m=good)
+        dep_before = cluster.get("deployment", "m", sync.namespace)
+        assert dep_before is not None
+        bad = copy.deepcopy(good)
+        bad["spec"]["replicas"] = 3
+        bad_rev = sync.commit("three replicas", m=bad)
+        committed = time.monotonic()
+        ks = sync.wait_failed(bad_rev)
+        assert time.monotonic() - committed < 30
+        ready = condition(ks, "Ready")
+        assert ready is not None and ready["reason"] == "HealthCheckFailed", ready
+        assert ready["message"].endswith(f"[ModelDeployment/{sync.namespace}/m status: 'Failed']"), ready
+        stalled = condition(get_model(cluster, sync.namespace, "m"), "Stalled")
+        assert stalled is not None and stalled["reason"] == "ApplyRefused", stalled
+        assert "at most 2 replicas per model" in stalled["message"], stalled
+        dep = cluster.get("deployment", "m", sync.namespace)
+        assert dep is not None and dep["spec"]["replicas"] == 1
+        assert dep["metadata"]["generation"] == dep_before["metadata"]["generation"]
 
 
 def test_admission_refusal_is_reported_by_flux(cluster: Cluster, sync: Sync) -> None:
