@@ -309,21 +309,25 @@ def test_planned_gpu_type_is_sticky(
     dep = cluster.get("deployment", "sticky", namespace)
     assert dep is not None
     assert dep["spec"]["template"] == dep_before["spec"]["template"]
+
+    # A refused spec clears status.plan; its revert still lands where the pods run. (The
+    # operator runs too: wait for each generation's status rather than read it once.)
+    def handled(generation: int) -> dict[str, Any] | None:
+        o = get_model(cluster, namespace, "sticky")
+        return o if ((o or {}).get("status") or {}).get("observedGeneration") == generation else None
+
     # A spec change that still fits keeps the type too.
     gen = patch(cluster, namespace, "sticky", {"engine": {"maxConcurrentRequests": 16}})
     rec.reconcile(namespace, "sticky")
-    obj = get_model(cluster, namespace, "sticky")
-    assert obj is not None and obj["status"]["observedGeneration"] == gen
+    obj = cluster.wait("changed", lambda: (o := handled(gen)) and "plan" in o["status"] and o)
     assert obj["status"]["plan"]["gpuType"] == "nvidia-l4"
-    # A refused spec clears status.plan; its revert still lands where the pods run.
-    patch(cluster, namespace, "sticky", {"model": {"id": "", "preset": "no-such-preset"}})
+    gen = patch(cluster, namespace, "sticky", {"model": {"id": "", "preset": "no-such-preset"}})
     rec.reconcile(namespace, "sticky")
-    obj = get_model(cluster, namespace, "sticky")
-    assert obj is not None and "plan" not in obj["status"]
+    obj = cluster.wait("refused", lambda: (o := handled(gen)) and "plan" not in o["status"] and o)
+    assert condition(obj, "Stalled") is not None
     gen = patch(cluster, namespace, "sticky", {"model": {"id": MODEL_ID, "preset": ""}})
     rec.reconcile(namespace, "sticky")
-    obj = get_model(cluster, namespace, "sticky")
-    assert obj is not None and obj["status"]["observedGeneration"] == gen
+    obj = cluster.wait("reverted", lambda: (o := handled(gen)) and "plan" in o["status"] and o)
     assert obj["status"]["plan"]["gpuType"] == "nvidia-l4"
 
 
