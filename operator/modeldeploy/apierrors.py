@@ -71,12 +71,7 @@ class RefusedError(Exception):
     def spec_error(self) -> SpecError:
         fields = [str(c.get("field") or "") for c in self.causes]
         field = next((spec_field(f) for f in fields if f), "spec")
-        if self.status == 403:
-            reason = "Forbidden"
-        elif self.status == 409:
-            reason = "Conflict"
-        else:
-            reason = "ApplyRefused"
+        reason = "Forbidden" if self.status == 403 else "ApplyRefused"
         return SpecError(field, f"the API server refused {self.what}: {self.message}", reason=reason)
 
 

@@ -68,6 +68,7 @@ class CacheSync:
         pods: list[Obj] = []
         if spec.cache.prefetch:
             job_obj = self.kube.get("batch/v1", "Job", namespace, claim)
+            pods = self.kube.list("v1", "Pod", namespace, cache.selector_string(key))
             if write and (job_obj is None or not job_obj["metadata"].get("deletionTimestamp")):
                 job = cache.render_job(
                     model_id,
@@ -87,7 +88,6 @@ class CacheSync:
                     annotations[cache.CLAIM_SIZE_ANNOTATION] = cache.requested(pvc_obj or {})
                 replace = False
                 if job_obj is not None:
-                    pods = self.kube.list("v1", "Pod", namespace, cache.selector_string(key))
                     models = self.kube.list(f"{GROUP}/{VERSION}", "ModelDeployment", namespace)
                     users = cache.users(models, key)
                     replace = cache.should_replace_job(job_obj, job, claim_uid, pods, requester, users)
@@ -99,7 +99,7 @@ class CacheSync:
                 elif job_obj is None:
                     self.kube.create_if_absent(job)
                     job_obj = self.kube.get("batch/v1", "Job", namespace, claim)
-            pods = self.kube.list("v1", "Pod", namespace, cache.selector_string(key))
+                    pods = []  # a new Job has no pods yet; older ones are not its
 
         verdict = self._status(namespace, claim, spec, pvc_obj, job_obj, pods)
         if notes:

@@ -124,7 +124,6 @@ class Kube:
             field_manager=field_manager,
             force_conflicts=force,
             dry_run="All" if dry_run else None,
-            _request_timeout=REQUEST_TIMEOUT,
         )
         return dict(out.to_dict())
 
@@ -132,7 +131,7 @@ class Kube:
         """Create the object unless it exists (a plain create: never touches an existing one)."""
         try:
             self._resource(obj["apiVersion"], obj["kind"]).create(
-                body=obj, namespace=obj["metadata"].get("namespace"), _request_timeout=REQUEST_TIMEOUT
+                body=obj, namespace=obj["metadata"].get("namespace")
             )
         except ConflictError:
             return False
@@ -144,15 +143,12 @@ class Kube:
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",
-            _request_timeout=REQUEST_TIMEOUT,
         )
         return dict(out.to_dict())
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
         try:
-            out = self._resource(api_version, kind).get(
-                name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT
-            )
+            out = self._resource(api_version, kind).get(name=name, namespace=namespace)
         except NotFoundError:
             return None
         return dict(out.to_dict())
@@ -169,7 +165,6 @@ class Kube:
             namespace=namespace,
             label_selector=label_selector,
             field_selector=field_selector,
-            _request_timeout=REQUEST_TIMEOUT,
         )
         return [dict(i) for i in out.to_dict().get("items", [])]
 
@@ -180,7 +175,6 @@ class Kube:
                 name=meta["name"],
                 namespace=meta.get("namespace"),
                 body={"propagationPolicy": "Background", "preconditions": {"uid": meta.get("uid")}},
-                _request_timeout=REQUEST_TIMEOUT,
             )
 
     # -- ModelDeployments ---------------------------------------------------------------------
@@ -189,9 +183,7 @@ class Kube:
         try:
             out = cast(
                 Obj,
-                self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
-                ),
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
             )
         except ApiException as e:
             if e.status == 404:
@@ -215,7 +207,6 @@ class Kube:
             namespace=namespace,
             field_manager=STATUS_FIELD_MANAGER,
             force_conflicts=True,
-            _request_timeout=REQUEST_TIMEOUT,
         )
         return dict(out.to_dict())
 
@@ -232,7 +223,6 @@ class Kube:
             namespace=namespace,
             content_type="application/merge-patch+json",
             field_manager=STATUS_FIELD_MANAGER,
-            _request_timeout=REQUEST_TIMEOUT,
         ).to_dict()
         meta = out["metadata"]
         kept = [m for m in meta.get("managedFields") or [] if not updates_status(m)]
@@ -244,7 +234,6 @@ class Kube:
             name=name,
             namespace=namespace,
             content_type="application/json-patch+json",
-            _request_timeout=REQUEST_TIMEOUT,
         )
 
     def pod_log_tail(self, namespace: str, name: str, container: str, lines: int) -> str:
@@ -276,4 +265,4 @@ class Kube:
             last_timestamp=ts,
             count=1,
         )
-        self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)
+        self.core.create_namespaced_event(meta["namespace"], body)

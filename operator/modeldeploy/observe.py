@@ -70,17 +70,44 @@ def gpu_accounting(kube: Kube) -> tuple[NodeGpus, ...]:
     return tuple(sorted((NodeGpus(n, p, a, used.get(n, 0)) for n, p, a in nodes), key=lambda x: x.name))
 
 
-def existing_children(kube: Kube, desired: list[Obj], deployment: Obj | None) -> dict[tuple[str, str], Obj]:
-    """The objects that already hold the names of the desired children (ours or not)."""
+def labelled_children(
+    kube: Kube, namespace: str, name: str, kinds: tuple[tuple[str, str], ...]
+) -> dict[tuple[str, str], Obj]:
+    """Every object of the child kinds that carries the model's label, by (kind, name): what
+    the ownership check and the prune both work from. A kind the cluster does not have (or
+    whose CRD was just deleted) has none."""
+    out: dict[tuple[str, str], Obj] = {}
+    selector = f"{render.NAME_LABEL}={name}"
+    for api_version, kind in kinds:
+        if not kube.has_kind(api_version, kind):
+            continue
+        try:
+            found = kube.list(api_version, kind, namespace, selector)
+        except (ApiException, DynamicApiError) as e:
+            if e.status != 404:
+                raise
+            kube.forget_kind(api_version, kind)  # e.g. KEDA uninstalled
+            continue
+        for obj in found:
+            out[(kind, obj["metadata"]["name"])] = {**obj, "apiVersion": api_version, "kind": kind}
+    return out
+
+
+def existing_children(
+    kube: Kube, desired: list[Obj], labelled: dict[tuple[str, str], Obj], deployment: Obj | None
+) -> dict[tuple[str, str], Obj]:
+    """The objects that already hold the names of the desired children, ours or not: from the
+    labelled list, and (for a name it lacks, e.g. someone else's object) read one by one."""
     out: dict[tuple[str, str], Obj] = {}
     for obj in desired:
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind == "Deployment":
+        key = (obj["kind"], obj["metadata"]["name"])
+        found = labelled.get(key)
+        if found is None and key[0] == "Deployment":
             found = deployment
-        else:
-            found = kube.get(obj["apiVersion"], kind, obj["metadata"]["namespace"], name)
+        elif found is None:
+            found = kube.get(obj["apiVersion"], key[0], obj["metadata"]["namespace"], key[1])
         if found is not None:
-            out[(kind, name)] = found
+            out[key] = found
     return out
 
 

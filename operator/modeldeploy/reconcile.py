@@ -361,7 +361,8 @@ class Reconciler:
         assert snap.facts is not None
         dep_before = snap.facts.deployment
         try:
-            existing = observe.existing_children(self.kube, desired, dep_before)
+            labelled = observe.labelled_children(self.kube, snap.namespace, snap.name, CHILD_KINDS)
+            existing = observe.existing_children(self.kube, desired, labelled, dep_before)
         except (ApiException, DynamicApiError) as e:
             raise classify(e, "reading the children") from e
         ours: dict[tuple[str, str], bool] = {}
@@ -403,7 +404,7 @@ class Reconciler:
                 if obj["kind"] == "Deployment" and not dry_run:
                     dep = out
         try:
-            self._prune(snap, desired, hold)
+            self._prune(snap, desired, labelled, hold)
         except (ApiException, DynamicApiError) as e:
             raise classify(e, "deleting children no longer desired") from e
         return dep
@@ -435,30 +436,15 @@ class Reconciler:
             field_manager=HANDOVER_MANAGER,
         )
 
-    def _prune(self, snap: Snapshot, desired: list[Obj], hold: bool) -> None:
+    def _prune(
+        self, snap: Snapshot, desired: list[Obj], labelled: dict[tuple[str, str], Obj], hold: bool
+    ) -> None:
         keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
-        for api_version, kind in CHILD_KINDS:
-            if hold and kind != "Service":
+        for (kind, obj_name), obj in labelled.items():
+            if (hold and kind != "Service") or (kind, obj_name) in keep or not _controlled_by(obj, snap.uid):
                 continue
-            if not self.kube.has_kind(api_version, kind):
-                continue
-            selector = f"{render.NAME_LABEL}={snap.name}"
-            try:
-                found = self.kube.list(api_version, kind, snap.namespace, selector)
-            except (ApiException, DynamicApiError) as e:
-                if e.status != 404:
-                    raise
-                # The kind itself is gone (e.g. KEDA uninstalled): nothing of it to prune.
-                self.kube.forget_kind(api_version, kind)
-                continue
-            for obj in found:
-                obj_name = obj["metadata"]["name"]
-                if (kind, obj_name) in keep or not _controlled_by(obj, snap.uid):
-                    continue
-                log.info(
-                    "%s/%s: deleting %s %s: no longer desired", snap.namespace, snap.name, kind, obj_name
-                )
-                self.kube.delete({"apiVersion": api_version, "kind": kind, "metadata": obj["metadata"]})
+            log.info("%s/%s: deleting %s %s: no longer desired", snap.namespace, snap.name, kind, obj_name)
+            self.kube.delete(obj)
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -34,6 +34,13 @@ def model(name: str, **spec: Any) -> dict[str, Any]:
             "spec": body}  # fmt: skip
 
 
+def hub_model(name: str) -> dict[str, Any]:
+    """A model outside the catalog, planned from its config.json on the Hub stand-in."""
+    body = model(name, resources={"gpus": "auto", "gpuType": "nvidia-l4"})
+    body["spec"]["model"] = {"id": "acme/tiny-llm"}
+    return body
+
+
 def in_process_reconciler(cluster: Cluster) -> Reconciler:
     """The operator's own reconcile, called directly, to run passes on demand."""
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
@@ -360,9 +367,7 @@ def test_model_outside_catalog_is_planned_from_its_config(
 ) -> None:
     # acme/tiny-llm is served by the Hub stand-in; the operator reads its config.json and
     # safetensors header, so `gpus: auto` is planned and the plan carries an estimate.
-    body = model("tiny", resources={"gpus": "auto", "gpuType": "nvidia-l4"})
-    body["spec"]["model"] = {"id": "acme/tiny-llm"}
-    cluster.apply(body, namespace)
+    cluster.apply(hub_model("tiny"), namespace)
     obj = wait_ready(cluster, namespace, "tiny")
     plan = obj["status"]["plan"]
     assert plan["gpusPerReplica"] == 1 and plan["gpuType"] == "nvidia-l4"

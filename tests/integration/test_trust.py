@@ -21,6 +21,7 @@ from modeldeploy.settings import Settings
 from tests.conftest import Cluster, condition
 from tests.integration.test_reconcile import (
     get_model,
+    hub_model,
     in_process_reconciler,
     model,
     wait_condition,
@@ -430,10 +431,7 @@ def test_cache_changes_a_volume_cannot_take_are_reported(
 def test_a_hub_outage_never_replans_a_model_without_its_facts(
     cluster: Cluster, namespace: str, operator: Any
 ) -> None:
-    # acme/tiny-llm is outside the catalog: its plan comes from config.json on the Hub stand-in.
-    body = model("facts", resources={"gpus": "auto", "gpuType": "nvidia-l4"})
-    body["spec"]["model"] = {"id": "acme/tiny-llm"}
-    cluster.apply(body, namespace)
+    cluster.apply(hub_model("facts"), namespace)
     obj = wait_ready(cluster, namespace, "facts")
     assert obj["status"]["plan"]["estimatedGiBPerGpu"] > 0
     dep_before = cluster.get("deployment", "facts", namespace)

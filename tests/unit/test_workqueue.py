@@ -94,7 +94,7 @@ def test_only_a_new_generation_cuts_the_backoff_short() -> None:
         wait_until(lambda: q.failures(("ns", "m")) == 1)
         q.add(("ns", "m"))  # a resync or a pod event: waits for the retry
         q.add(("ns", "m"), apply=False)
-        time.sleep(0.3)
+        assert q.pending() == 1  # only the delayed retry: neither add queued a pass
         assert attempts == [True]
         q.add(("ns", "m"), reset=True)  # e.g. a new generation: runs now, not in a minute
         wait_until(lambda: len(attempts) == 2, timeout=5)
