@@ -191,9 +191,12 @@ class Kube:
             raise
         return out
 
-    def apply_status(self, namespace: str, name: str, status: Obj) -> Obj:
-        """Server-side apply of the status subresource with the status field manager: what this
-        manager set before and leaves out now is removed; the spec is never written."""
+    def apply_status(
+        self, namespace: str, name: str, status: Obj, field_manager: str = STATUS_FIELD_MANAGER
+    ) -> Obj:
+        """Server-side apply of the status subresource with a status field manager: what this
+        manager set before and leaves out now is removed; the spec is never written. Each writer
+        of status (the reconcile, the prober) has its own manager, so none removes another's."""
         res = self._resource(f"{GROUP}/{VERSION}", KIND).status
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
@@ -205,7 +208,7 @@ class Kube:
             body=apply_body(body),
             name=name,
             namespace=namespace,
-            field_manager=STATUS_FIELD_MANAGER,
+            field_manager=field_manager,
             force_conflicts=True,
         )
         return dict(out.to_dict())
