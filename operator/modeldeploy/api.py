@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -593,6 +594,125 @@ class Rollout(Model):
     ] = 3600
 
 
+# ---- behaviour probes ----------------------------------------------------------------------
+
+
+class ProbeExpect(StrEnum):
+    answer = "answer"
+    refusal = "refusal"
+
+
+class ProbeApi(StrEnum):
+    """How prompts are sent: auto (the chat route, falling back to plain generation when the
+    model has no chat template), chat (/v1/chat/completions) or generate (TGI's `/`)."""
+
+    auto = "auto"
+    chat = "chat"
+    generate = "generate"
+
+
+def _compiles(pattern: str) -> str:
+    # Python's re syntax (the prober's); the API server has no regex check to share.
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise PydanticCustomError("regex", "not a valid regular expression: {error}", {"error": str(e)}) from e
+    return pattern
+
+
+_REGEX = AfterValidator(_compiles)
+PROBE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_PROBES = 32
+
+
+class Probe(Model):
+    """A named prompt and what the model is expected to do with it."""
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=PROBE_NAME, description="Unique within the set.")
+    ]
+    prompt: Annotated[str, Field(min_length=1, max_length=4096)]
+    expect: Annotated[
+        ProbeExpect, Field(description="answer: the output must not be a refusal; refusal: it must be.")
+    ] = ProbeExpect.answer
+    contains: Annotated[
+        str, Field(max_length=256, description="Text the output must contain (case-insensitive).")
+    ] = ""
+    regex: Annotated[
+        str, Field(max_length=512, description="Regular expression the output must match (searched)."), _REGEX
+    ] = ""
+    refusal_regex: Annotated[
+        str,
+        Field(
+            max_length=512,
+            description="Replaces the built-in refusal heuristic for this probe: a refusal is an "
+            "output this regular expression matches (searched).",
+        ),
+        _REGEX,
+    ] = ""
+    system: Annotated[str, Field(max_length=4096, description="System prompt (chat only).")] = ""
+    language: Annotated[
+        str, Field(max_length=35, pattern=r"^$|^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$", description="BCP 47 tag.")
+    ] = ""
+    max_new_tokens: Annotated[int, Field(ge=1, le=2048), JSON_INT] = 96
+    gate: Annotated[
+        StrictBool, Field(description="While this probe fails, Ready is False with reason ProbeFailed.")
+    ] = False
+
+
+class ProbeConfigMapRef(Model):
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    key: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=253,
+            pattern=SECRET_KEY,
+            description="Key holding a YAML list of probes (same fields as spec.probes.items).",
+        ),
+    ] = "probes.yaml"
+
+
+def _unique_names(items: list[Probe]) -> list[Probe]:
+    seen: set[str] = set()
+    for p in items:
+        if p.name in seen:
+            raise PydanticCustomError("unique", "spec.probes.items: duplicate probe name '{name}'", {"name": p.name})
+        seen.add(p.name)
+    return items
+
+
+class Probes(Model):
+    """Behaviour probes: run once after each rollout and then every intervalSeconds."""
+
+    items: Annotated[
+        list[Probe],
+        Field(
+            max_length=MAX_PROBES,
+            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        ),
+        AfterValidator(_unique_names),
+    ] = []
+    config_map_ref: Annotated[
+        ProbeConfigMapRef | None,
+        Field(description="Probes shared through a ConfigMap in the model's namespace (run after items)."),
+    ] = None
+    interval_seconds: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=7 * 86400,
+            description="Seconds between runs (the operator may enforce a longer minimum).",
+        ),
+        JSON_INT,
+    ] = 300
+    timeout_seconds: Annotated[int, Field(ge=1, le=600, description="Per prompt."), JSON_INT] = 60
+    api: ProbeApi = ProbeApi.auto
+    smoke_prompt: Annotated[
+        str, Field(max_length=1024, description="Prompt of the smoke generation (empty: a built-in one).")
+    ] = ""
+
+
 class ModelDeploymentSpec(Model):
     model: ModelSource
     engine: Engine = Engine()
@@ -602,6 +722,7 @@ class ModelDeploymentSpec(Model):
     autoscaling: Autoscaling = Autoscaling()
     cache: Cache = Cache()
     rollout: Rollout = Rollout()
+    probes: Probes | None = None
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -631,6 +752,9 @@ class CacheStatus(Model):
 
 
 class ModelDeploymentStatus(Model):
+    # The prober's keys (VerificationStatus) sit beside these in the same status: ignored here.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
     observed_generation: int | None = None
     model: Annotated[
         str, Field(description="Hugging Face repo id being served (resolved from a preset).")
@@ -643,6 +767,75 @@ class ModelDeploymentStatus(Model):
     endpoint: str = ""
     plan: PlanStatus | None = None
     cache: CacheStatus | None = None
+
+
+# ---- the prober's part of status (its own field manager; not the reconcile's) -----------------
+
+EXCERPT_CHARS = 240  # bound of every output excerpt kept in status
+
+
+class SmokeStatus(Model):
+    ok: bool = False
+    api: str = ""
+    latency_ms: int | None = None
+    generated_tokens: int | None = None
+    reason: str = ""
+    message: str = ""
+
+
+class RuntimeStatus(Model):
+    """What TGI said about itself (`/info`) and how a short generation went."""
+
+    generation: Annotated[int, Field(description="metadata.generation these facts were checked for.")] = 0
+    checked_at: str = ""
+    model_id: str = ""
+    model_sha: str = ""
+    version: str = ""
+    max_input_tokens: int | None = None
+    max_total_tokens: int | None = None
+    reason: Annotated[str, Field(description="Why /info could not be read (empty: it was).")] = ""
+    message: str = ""
+    smoke: SmokeStatus | None = None
+
+
+class ProbeResult(Model):
+    name: str
+    passed: bool
+    expect: str = ""
+    gate: bool = False
+    source: Annotated[str, Field(description="spec, or configmap/NAME.")] = "spec"
+    refused: bool | None = None
+    excerpt: Annotated[str, Field(max_length=EXCERPT_CHARS + 3)] = ""
+    latency_ms: int | None = None
+    last_run: str = ""
+    reason: str = ""
+    message: str = ""
+
+
+class ProbesStatus(Model):
+    generation: Annotated[int, Field(description="metadata.generation these results were run for.")] = 0
+    last_run: str = ""
+    passed: int = 0
+    failed: int = 0
+    refusal_rate: Annotated[
+        float | None, Field(description="Share of the probes run whose output was a refusal.")
+    ] = None
+    message: Annotated[str, Field(description="A problem with the probe set (e.g. a missing ConfigMap).")] = ""
+    results: Annotated[
+        list[ProbeResult],
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+    ] = []
+
+
+class VerificationStatus(Model):
+    """The prober's part of status: `runtime`, `probes` and the `Verified` condition. Written by
+    server-side apply under its own field manager, beside (never as) ModelDeploymentStatus."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    runtime: RuntimeStatus | None = None
+    probes: ProbesStatus | None = None
+    conditions: list[Condition] = []
 
 
 # What a new object reads as until the operator's first pass writes status: a CRD schema default

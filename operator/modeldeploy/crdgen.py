@@ -12,7 +12,13 @@ from typing import Any
 import yaml
 
 from modeldeploy import GROUP, KIND, PLURAL, VERSION
-from modeldeploy.api import STATUS_DEFAULT, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy.api import (
+    STATUS_DEFAULT,
+    ModelDeployment,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    VerificationStatus,
+)
 from modeldeploy.render import NoAliasDumper
 
 Schema = dict[str, Any]
@@ -108,6 +114,12 @@ def crd() -> dict[str, Any]:
     status_schema["properties"]["conditions"].update(
         {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
     )
+    # The prober's keys beside the reconcile's (conditions are shared: a list map by type, each
+    # writer owning its own types under its own field manager).
+    verification = schema_for(VerificationStatus)["properties"]
+    for key, sub in verification.items():
+        if key != "conditions":
+            status_schema["properties"][key] = sub
     # A new object reads as in progress (observedGeneration 0, Ready Unknown) until the operator
     # writes status: the API server applies this default to every object without a status.
     status_schema["default"] = ModelDeploymentStatus.model_validate(STATUS_DEFAULT).model_dump(
