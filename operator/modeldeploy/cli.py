@@ -9,7 +9,7 @@ import random
 import secrets
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,80 @@ def render_file(path: str, settings: Settings) -> str:
     return render.to_yaml(out)
 
 
+def model_source(kube: Any, namespaces: list[str]) -> Callable[[], list[dict[str, Any]]]:
+    """The prober's models: one list call (per watched namespace) each time it is called, which
+    the prober does at most once per tick."""
+    from modeldeploy import GROUP, VERSION
+
+    def models() -> list[dict[str, Any]]:
+        if not namespaces:
+            return list(kube.list(f"{GROUP}/{VERSION}", KIND, None))
+        return [m for ns in namespaces for m in kube.list(f"{GROUP}/{VERSION}", KIND, ns)]
+
+    return models
+
+
+def start_prober(namespaces: list[str]) -> Any:
+    from modeldeploy.kube import Kube
+    from modeldeploy.prober import Prober
+    from modeldeploy.probes import ProberSettings
+
+    settings = ProberSettings.from_env()
+    kube = Kube()
+    prober = Prober(kube, model_source(kube, namespaces), settings)
+    prober.start()
+    return prober
+
+
+def serve_liveness(url: str) -> None:
+    """/healthz for --prober=only (kopf serves it otherwise)."""
+    import http.server
+    import threading
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path.split("?")[0] == (where.path or "/healthz")
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(b"{}" if ok else b"")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((where.hostname or "0.0.0.0", where.port or 8080), Health)
+    threading.Thread(target=server.serve_forever, name="liveness", daemon=True).start()
+
+
+def run_prober_only(args: argparse.Namespace, namespaces: list[str]) -> int:
+    """Only the prober, no reconcile: beside an operator that reconciles (or for a dry look)."""
+    import signal
+    import threading
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    prober = start_prober(namespaces)
+    if args.liveness:
+        serve_liveness(args.liveness)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    prober.stop()
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
 
     from modeldeploy import handlers
+    from modeldeploy.probes import prober_enabled
 
+    if args.prober == "only":
+        return run_prober_only(args, args.namespace or [])
     if not args.peering and (args.priority is not None or args.peering_lifetime is not None):
         print("error: --priority and --peering-lifetime need --peering", file=sys.stderr)
         return 2
@@ -90,6 +159,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         # kopf logs every handled watch event at INFO ("Handler ... succeeded"): noise here.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("modeldeploy").setLevel(args.log_level.upper())
+    # The runtime checks and probes run beside the reconcile, in a thread of their own.
+    prober = start_prober(namespaces) if prober_enabled(args.prober, os.environ) else None
+    try:
+        _run_kopf(kopf, args, namespaces, identity, priority)
+    finally:
+        if prober is not None:
+            prober.stop()
+    return 0
+
+
+def _run_kopf(
+    kopf: Any, args: argparse.Namespace, namespaces: list[str], identity: str, priority: int
+) -> None:
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -98,9 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         peering_name=peering.NAME if args.peering else None,
         priority=priority if args.peering else None,
         # kopf types it as its own NewType of str, which it does not export.
-        identity=identity if args.peering else None,  # type: ignore[arg-type]
+        identity=identity if args.peering else None,
     )
-    return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -206,6 +287,13 @@ def parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         default=os.environ.get("MODELDEPLOY_LOG_LEVEL", "info"),
+    )
+    run.add_argument(
+        "--prober",
+        choices=["auto", "on", "off", "only"],
+        default=os.environ.get("MODELDEPLOY_PROBER", "auto"),
+        help="runtime checks and behaviour probes beside the reconcile: auto (on inside a cluster or "
+        "with MODELDEPLOY_ENDPOINTS set), on, off, or only (the prober without the reconcile)",
     )
     run.set_defaults(fn=cmd_run)
     rnd = sub.add_parser("render", help="print the children of ModelDeployments in FILE, offline")

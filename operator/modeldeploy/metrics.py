@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -44,3 +45,46 @@ def forget(namespace: str, name: str) -> None:
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
     start_http_server(port, addr=addr)
+
+
+# ---- the prober (runtime checks and behaviour probes) ------------------------------------------
+
+TGI_REQUESTS = Counter(
+    "modeldeploy_tgi_requests_total",
+    "Requests the prober sent to models' TGI, by route (info, smoke-chat, probe-generate ...) and "
+    "outcome (ok, or the error's reason: Overloaded, Timeout, Unreachable ...).",
+    ["namespace", "name", "route", "outcome"],
+)
+PROBE_RUNS = Counter(
+    "modeldeploy_probe_runs_total",
+    "Verification runs, by kind (rollout, interval) and verdict (the Verified condition's reason).",
+    ["namespace", "name", "kind", "verdict"],
+)
+PROBE_RUN_SECONDS = Histogram(
+    "modeldeploy_probe_run_duration_seconds",
+    "Time of one verification run (all its requests and retries).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+PROBE_PASSED = Gauge(
+    "modeldeploy_probe_passed",
+    "1 while the probe's last run passed, 0 while it fails, per model and probe.",
+    ["namespace", "name", "probe"],
+)
+REFUSAL_RATE = Gauge(
+    "modeldeploy_probe_refusal_rate",
+    "Share of the model's probes whose last output was a refusal.",
+    ["namespace", "name"],
+)
+
+
+def record_probe_run(
+    namespace: str, name: str, kind: str, verdict: str, probes: dict[str, Any] | None, seconds: float
+) -> None:
+    PROBE_RUNS.labels(namespace, name, kind, verdict).inc()
+    PROBE_RUN_SECONDS.observe(seconds)
+    if not probes:
+        return
+    for r in probes.get("results") or []:
+        PROBE_PASSED.labels(namespace, name, r["name"]).set(1 if r.get("passed") else 0)
+    if probes.get("refusalRate") is not None:
+        REFUSAL_RATE.labels(namespace, name).set(float(probes["refusalRate"]))

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modeldeploy.api import Condition, ModelDeploymentStatus, PlanStatus
+from modeldeploy import probes
+from modeldeploy.api import Condition, ModelDeploymentSpec, ModelDeploymentStatus, PlanStatus
 from modeldeploy.cache import STALLED, CacheVerdict
 from modeldeploy.errors import SpecError
 
@@ -349,3 +350,25 @@ def transitions(prior: ModelDeploymentStatus | None, new: ModelDeploymentStatus)
         )
         out.append(Transition(c.type, c.status, c.reason, c.message, warning))
     return out
+
+
+def verification_gate(raw_status: Obj, spec: ModelDeploymentSpec, generation: int) -> tuple[str, str] | None:
+    """(reason, message) when the prober's findings for this generation must hold Ready at
+    False, else None. Only facts checked for `generation` count: until the prober has looked at
+    a new generation, nothing is held (an older check says nothing about the new pods).
+
+    ModelMismatch: TGI's /info names another model id, or a commit other than a pinned revision
+    or the one the weight cache was filled from. ProbeFailed: a probe with `gate: true` failed."""
+    runtime = raw_status.get("runtime") or {}
+    if runtime.get("generation") == generation and not runtime.get("reason"):
+        wrong = probes.mismatch(runtime, spec, raw_status)
+        if wrong:
+            return "ModelMismatch", wrong
+    found = raw_status.get("probes") or {}
+    if found.get("generation") == generation:
+        gated = [r for r in found.get("results") or [] if r.get("gate") and r.get("passed") is False]
+        if gated:
+            first = gated[0]
+            also = f" (also failing: {', '.join(r['name'] for r in gated[1:])})" if len(gated) > 1 else ""
+            return "ProbeFailed", f"gated probe {first['name']} failed: {first.get('message', '')}{also}"
+    return None
