@@ -616,7 +616,9 @@ def _compiles(pattern: str) -> str:
     try:
         re.compile(pattern)
     except re.error as e:
-        raise PydanticCustomError("regex", "not a valid regular expression: {error}", {"error": str(e)}) from e
+        raise PydanticCustomError(
+            "regex", "not a valid regular expression: {error}", {"error": str(e)}
+        ) from e
     return pattern
 
 
@@ -650,9 +652,13 @@ class Probe(Model):
         ),
         _REGEX,
     ] = ""
-    system: Annotated[str, Field(max_length=4096, description="System prompt (chat only).")] = ""
+    system: Annotated[
+        str,
+        Field(max_length=4096, description="System prompt (for plain generation: put before the prompt)."),
+    ] = ""
     language: Annotated[
-        str, Field(max_length=35, pattern=r"^$|^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$", description="BCP 47 tag.")
+        str,
+        Field(max_length=35, pattern=r"^$|^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$", description="BCP 47 tag."),
     ] = ""
     max_new_tokens: Annotated[int, Field(ge=1, le=2048), JSON_INT] = 96
     gate: Annotated[
@@ -677,7 +683,9 @@ def _unique_names(items: list[Probe]) -> list[Probe]:
     seen: set[str] = set()
     for p in items:
         if p.name in seen:
-            raise PydanticCustomError("unique", "spec.probes.items: duplicate probe name '{name}'", {"name": p.name})
+            raise PydanticCustomError(
+                "unique", "spec.probes.items: duplicate probe name '{name}'", {"name": p.name}
+            )
         seen.add(p.name)
     return items
 
@@ -820,7 +828,9 @@ class ProbesStatus(Model):
     refusal_rate: Annotated[
         float | None, Field(description="Share of the probes run whose output was a refusal.")
     ] = None
-    message: Annotated[str, Field(description="A problem with the probe set (e.g. a missing ConfigMap).")] = ""
+    message: Annotated[str, Field(description="A problem with the probe set (e.g. a missing ConfigMap).")] = (
+        ""
+    )
     results: Annotated[
         list[ProbeResult],
         Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),

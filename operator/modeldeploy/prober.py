@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from modeldeploy.kube import now_rfc3339
 log = logging.getLogger("modeldeploy.prober")
 Obj = dict[str, Any]
 T = TypeVar("T")
+# The client (0.7) calls pydantic v1 methods; its deprecation warnings would fill the log.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="text_generation")
 SEED = 42  # the same sampling on every run, so a changed output means a changed model
 
 
