@@ -187,7 +187,8 @@ def operator_proc(cluster: Cluster, hub: HubStandIn) -> Iterator[subprocess.Pope
     """`modeldeploy run` against the test cluster, with a fast resync, reading model configs
     from the Hub stand-in."""
     env = {
-        **cluster.lc.env(),
+        # Its own user, so the audit log tells its requests apart (tests/integration/test_scale.py).
+        **cluster.lc.operator_env(),
         "MODELDEPLOY_RESYNC_SECONDS": "5",
         "MODELDEPLOY_DISCOVERY_RETRY_SECONDS": "1",
         "MODELDEPLOY_HF_ENDPOINT": hub.url,

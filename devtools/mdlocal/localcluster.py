@@ -35,6 +35,15 @@ import yaml
 # This file is devtools/mdlocal/localcluster.py in the repository.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN_USER = "modeldeploy-admin"
+# The operator's own identity on the local control plane: the audit log counts its requests.
+OPERATOR_TOKEN_USER = "modeldeploy-operator"
+# Log every request of the operator's user (one line per request, once answered); nothing else.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "users": [OPERATOR_TOKEN_USER]}, {"level": "None"}],
+}
 GPU = "nvidia.com/gpu"
 HOST_PATH_STORAGE_CLASS = "standard"
 UNSERVED_STORAGE_CLASS = "unserved"
@@ -297,6 +306,12 @@ class LocalCluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     token: str = ""
+    operator_token: str = ""
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines): every request the operator's user made."""
+        return self.state / "logs" / "audit.log"
 
     @property
     def kubeconfig_path(self) -> Path:
@@ -369,7 +384,12 @@ class LocalCluster:
         pki = self.state / "pki"
         make_pki(pki)
         self.token = os.urandom(16).hex()
-        (self.state / "tokens.csv").write_text(f"{self.token},{ADMIN_TOKEN_USER},1,system:masters\n")
+        self.operator_token = os.urandom(16).hex()
+        (self.state / "tokens.csv").write_text(
+            f"{self.token},{ADMIN_TOKEN_USER},1,system:masters\n"
+            f"{self.operator_token},{OPERATOR_TOKEN_USER},2,system:masters\n"
+        )
+        (self.state / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
         for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"):
             self.ports[name] = free_port()
         try:
@@ -418,6 +438,8 @@ class LocalCluster:
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--token-auth-file={self.state / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
+            f"--audit-policy-file={self.state / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-maxsize=0",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -514,6 +536,15 @@ class LocalCluster:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path)}
+
+    def operator_env(self) -> dict[str, str]:
+        """The environment for an operator process acting as its own user (see AUDIT_POLICY)."""
+        path = self.state / "operator.kubeconfig"
+        if not path.exists():
+            path.write_text(
+                yaml.safe_dump(kubeconfig(self.server, self.state / "pki" / "ca.crt", self.operator_token))
+            )
+        return {**os.environ, "KUBECONFIG": str(path)}
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         res = subprocess.run(

@@ -19,10 +19,10 @@ from typing import Any
 
 import kopf
 
-from modeldeploy import GROUP, PLURAL, VERSION, cache, metrics, peering, render
-from modeldeploy.kube import Kube
+from modeldeploy import GROUP, PLURAL, VERSION, cache, metrics, peering, render, watchcache
 from modeldeploy.reconcile import Reconciler, owner_of
 from modeldeploy.settings import Settings
+from modeldeploy.watchcache import CachedKube, Indices
 from modeldeploy.workqueue import WorkQueue
 
 log = logging.getLogger("modeldeploy")
@@ -31,10 +31,13 @@ _stop = threading.Event()
 WORKERS = int(os.environ.get("MODELDEPLOY_WORKERS", "4"))
 
 
+_indices = Indices()
+
+
 def reconciler() -> Reconciler:
     rec = _state.get("reconciler")
     if rec is None:
-        rec = Reconciler(Kube(), Settings.from_env())
+        rec = Reconciler(CachedKube(_indices), Settings.from_env())
         _state["reconciler"] = rec
     assert isinstance(rec, Reconciler)
     return rec
@@ -89,9 +92,44 @@ def configure(
         settings.scanning.disabled = True
 
 
+# -- indices: what a pass reads, kept in memory by kopf's watches (see watchcache) -----------------
+
+
+def _index(body: kopf.Body, **_: Any) -> dict[watchcache.Key, Any]:
+    return watchcache.object_keys(body)
+
+
+def _ours(labels: kopf.Labels, **_: Any) -> bool:
+    return any(label in labels for label in watchcache.INDEXED_LABELS)
+
+
+_named = {render.NAME_LABEL: kopf.PRESENT}
+_cached = {cache.CACHE_KEY_LABEL: kopf.PRESENT}
+kopf.index(GROUP, VERSION, PLURAL, id="md_models")(_index)
+kopf.index("apps", "v1", "deployments", labels=_named, id="md_deployments")(_index)
+kopf.index("v1", "services", labels=_named, id="md_services")(_index)
+kopf.index("policy", "v1", "poddisruptionbudgets", labels=_named, id="md_pdbs")(_index)
+kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=_named, id="md_hpas")(_index)
+kopf.index("v1", "pods", when=_ours, id="md_pods")(_index)
+kopf.index("v1", "persistentvolumeclaims", labels=_cached, id="md_pvcs")(_index)
+kopf.index("batch", "v1", "jobs", labels=_cached, id="md_jobs")(_index)
+kopf.index("v1", "nodes", id="md_nodes")(_index)
+
+
+@kopf.index("v1", "pods", id=watchcache.GPU_PODS)
+def _gpu_pods(body: kopf.Body, **_: Any) -> dict[watchcache.Key, Any]:
+    return watchcache.gpu_pod_keys(body)
+
+
+def _ready() -> None:
+    # kopf calls no handler before every index holds its first full listing.
+    _indices.mark_ready()
+
+
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     namespaces: list[str] = list(_state.get("namespaces") or [])
+    _indices.attach({k: v for k, v in kwargs.items() if k.startswith("md_")}, cluster_wide=not namespaces)
     configure(
         settings,
         peered=bool(_state.get("peering", False)),
@@ -196,6 +234,7 @@ def cleanup(**_: Any) -> None:
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_model(name: str, namespace: str | None, **_: Any) -> None:
+    _ready()
     if namespace:
         # A new generation is a new reason to try: it runs now, whatever the backoff.
         queue().add((namespace, name), reset=True)
@@ -205,6 +244,7 @@ def on_model(name: str, namespace: str | None, **_: Any) -> None:
 @kopf.on.event("v1", "services", labels={render.NAME_LABEL: kopf.PRESENT})
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={render.NAME_LABEL: kopf.PRESENT})
 def on_child(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
+    _ready()
     # A child changed (rollout progress, or someone edited it): re-apply and refresh status.
     owner = owner_of(dict(meta))
     if namespace and owner is not None:
@@ -213,6 +253,7 @@ def on_child(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
 
 @kopf.on.event("v1", "pods", labels={render.NAME_LABEL: kopf.PRESENT})
 def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+    _ready()
     # Pods carry causes (Unschedulable, CrashLoopBackOff ...): refresh status only.
     name = labels.get(render.NAME_LABEL)
     if name and namespace:
@@ -221,10 +262,12 @@ def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def on_model_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+    _ready()
     # A deleted model may leave a cache nobody uses; deletion needs no finalizer for this.
     if type == "DELETED" and namespace:
         metrics.forget(namespace, name)
         queue().forget((namespace, name))
+        reconciler().forget(namespace, name)
         try:
             reconciler().caches.collect_garbage(namespace)
         except Exception as e:
@@ -234,6 +277,7 @@ def on_model_event(type: str, name: str, namespace: str | None, **_: Any) -> Non
 @kopf.on.event("batch", "v1", "jobs", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})
 @kopf.on.event("v1", "persistentvolumeclaims", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})
 def on_cache(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+    _ready()
     # Download progress or a bound volume: refresh every model sharing this cache.
     if not namespace:
         return

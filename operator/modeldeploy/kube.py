@@ -82,18 +82,19 @@ class Kube:
         with self._discovery:
             return self.dyn.resources.get(api_version=api_version, kind=kind)
 
-    def has_kind(self, api_version: str, kind: str) -> bool:
+    def has_kind(self, api_version: str, kind: str, *, refresh: bool = True) -> bool:
+        """Whether the cluster serves the kind. Discovery is cached; with refresh, a kind it
+        lacks is looked up again (a CRD installed since), at most once per retry period."""
         with self._discovery:
-            return self._has_kind(api_version, kind)
+            return self._has_kind(api_version, kind, refresh)
 
-    def _has_kind(self, api_version: str, kind: str) -> bool:
+    def _has_kind(self, api_version: str, kind: str, refresh: bool) -> bool:
         try:
             self._resource(api_version, kind)
         except ResourceNotFoundError:
-            # Discovery is cached; a CRD installed after start shows up after a refresh, which
-            # is rate-limited because a refresh walks every API group.
+            # A refresh walks every API group: rate-limited, and only for a pass that needs it.
             key = (api_version, kind)
-            if time.monotonic() - self._missing.get(key, -1e9) < DISCOVERY_RETRY_SECONDS:
+            if not refresh or time.monotonic() - self._missing.get(key, -1e9) < DISCOVERY_RETRY_SECONDS:
                 return False
             self.dyn.resources.invalidate_cache()
             try:

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 Obj = dict[str, Any]
 
 
-def cluster_facts(kube: Kube, namespace: str, name: str) -> ClusterFacts:
-    """The model's Deployment, KEDA's presence, and (on first use) the cluster's GPU accounting."""
+def cluster_facts(kube: Kube, namespace: str, name: str, needs_keda: bool = False) -> ClusterFacts:
+    """The model's Deployment, KEDA's presence, and (on first use) the cluster's GPU accounting.
+    Discovery is asked again about a missing KEDA only for a model that needs it."""
     dep = kube.get("apps/v1", "Deployment", namespace, name)
     existing_hash = ""
     existing_strategy = None
@@ -32,7 +33,7 @@ def cluster_facts(kube: Kube, namespace: str, name: str) -> ClusterFacts:
         ru = (dep.get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
         if isinstance(ru.get("maxSurge"), int) and isinstance(ru.get("maxUnavailable"), int):
             existing_strategy = (ru["maxSurge"], ru["maxUnavailable"])
-    keda = kube.has_kind("keda.sh/v1alpha1", "ScaledObject")
+    keda = kube.has_kind("keda.sh/v1alpha1", "ScaledObject", refresh=needs_keda)
     return ClusterFacts(
         (),
         existing_hash,
@@ -79,7 +80,7 @@ def labelled_children(
     out: dict[tuple[str, str], Obj] = {}
     selector = f"{render.NAME_LABEL}={name}"
     for api_version, kind in kinds:
-        if not kube.has_kind(api_version, kind):
+        if not kube.has_kind(api_version, kind, refresh=False):
             continue
         try:
             found = kube.list(api_version, kind, namespace, selector)

@@ -11,6 +11,8 @@ new one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -22,7 +24,13 @@ from kubernetes.dynamic.exceptions import DynamicApiError
 from pydantic import ValidationError
 
 from modeldeploy import FIELD_MANAGER, GROUP, KIND, VERSION, cache, metrics, observe, render, status
-from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec, ModelDeploymentStatus, PlanStatus
+from modeldeploy.api import (
+    AutoscalingEngine,
+    ModelArchitecture,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    PlanStatus,
+)
 from modeldeploy.apierrors import RefusedError, TransientError, classify
 from modeldeploy.cache_sync import CacheSync
 from modeldeploy.errors import SpecError
@@ -147,6 +155,33 @@ class Planned:
     hold: bool = False  # waiting for the cache: only the Service is desired
 
 
+@dataclass(frozen=True)
+class AppliedMemo:
+    """A child as this operator last applied it: the configuration sent, and the fields the
+    API server then recorded as ours."""
+
+    digest: str
+    owned: str
+
+
+def config_digest(obj: Obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def owned_fields(obj: Obj) -> str:
+    """Our apply's entry in the object's managedFields. Another manager that changes a field
+    we own takes it over (an update) or forces it (an apply), which changes this entry; a
+    deleted object has none. So an unchanged entry means nobody undid what we applied."""
+    meta = obj.get("metadata") or {}
+    entries = meta.get("managedFields") or meta.get("managed_fields") or []
+    ours = [
+        (m.get("apiVersion") or m.get("api_version"), m.get("fieldsV1") or m.get("fields_v1"))
+        for m in entries
+        if m.get("manager") == FIELD_MANAGER and m.get("operation") == "Apply" and not m.get("subresource")
+    ]
+    return json.dumps(ours, sort_keys=True)
+
+
 @dataclass
 class Reconciler:
     kube: Kube
@@ -155,6 +190,8 @@ class Reconciler:
     hub: HubFacts = field(init=False)
     # The last failure logged in full per model: repeats are logged in one line.
     _logged: dict[tuple[str, str], str] = field(default_factory=dict)
+    # What was last applied per child, to skip an apply that would change nothing.
+    _applied: dict[tuple[str, str, str], AppliedMemo] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.caches = CacheSync(self.kube, self.settings)
@@ -255,7 +292,9 @@ class Reconciler:
             snap.error = spec_error_from_validation(e)
             snap.facts = ClusterFacts(deployment=self.kube.get("apps/v1", "Deployment", namespace, name))
             return snap
-        snap.facts = observe.cluster_facts(self.kube, namespace, name)
+        auto = snap.spec.autoscaling
+        needs_keda = auto.enabled and auto.engine == AutoscalingEngine.keda
+        snap.facts = observe.cluster_facts(self.kube, namespace, name, needs_keda)
         try:
             snap.read_arch = self._read_arch(snap)
         except SpecError as e:
@@ -390,8 +429,10 @@ class Reconciler:
         first = snap.generation > snap.applied_generation or snap.stalled
         passes = (True, False) if first else (False,)
         dep: Obj | None = None
+        # Children exactly as last applied, and untouched since: no request for them.
+        todo = [o for o in desired if not self._unchanged(snap.namespace, o, existing)]
         for dry_run in passes:
-            for obj in desired:
+            for obj in todo:
                 key = (obj["kind"], obj["metadata"]["name"])
                 try:
                     out = self.kube.apply(obj, force=ours[key], dry_run=dry_run)
@@ -401,6 +442,9 @@ class Reconciler:
                     raise classify(e, f"{key[0]} {key[1]}") from e
                 except (urllib3.exceptions.HTTPError, OSError) as e:  # timeouts, resets
                     raise TransientError(f"{key[0]} {key[1]}: {type(e).__name__}: {e}"[:900]) from e
+                if not dry_run:
+                    memo = AppliedMemo(config_digest(obj), owned_fields(out))
+                    self._applied[(key[0], snap.namespace, key[1])] = memo
                 if obj["kind"] == "Deployment" and not dry_run:
                     dep = out
         try:
@@ -408,6 +452,23 @@ class Reconciler:
         except (ApiException, DynamicApiError) as e:
             raise classify(e, "deleting children no longer desired") from e
         return dep
+
+    def _unchanged(self, namespace: str, obj: Obj, existing: dict[tuple[str, str], Obj]) -> bool:
+        key = (obj["kind"], obj["metadata"]["name"])
+        memo = self._applied.get((key[0], namespace, key[1]))
+        found = existing.get(key)
+        return (
+            memo is not None
+            and found is not None
+            and memo.digest == config_digest(obj)
+            and memo.owned == owned_fields(found)
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A model is gone: drop what was remembered of it."""
+        self._logged.pop((namespace, name), None)
+        for key in [k for k in self._applied if k[1] == namespace and k[2] == name]:
+            del self._applied[key]
 
     def _hand_over_replicas(self, dep: Obj | None) -> None:
         """Autoscaling on: stop owning the Deployment's replicas without resetting them.

@@ -1,0 +1,157 @@
+"""The watch-fed reads: what each object is indexed under, which queries the indices answer,
+and when a skipped apply would hide someone else's change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modeldeploy import FIELD_MANAGER, cache, render
+from modeldeploy.reconcile import owned_fields
+from modeldeploy.watchcache import (
+    ALL,
+    GPU_PODS,
+    UNFINISHED_PODS,
+    CachedKube,
+    Indices,
+    gpu_pod_keys,
+    object_keys,
+    parse_selector,
+)
+
+
+def obj(kind: str, name: str, ns: str = "team", **labels: str) -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name, "namespace": ns, "labels": labels}}
+
+
+def pod(name: str, node: str | None, gpus: int, phase: str = "Running", **labels: str) -> dict[str, Any]:
+    body = obj("Pod", name, **labels)
+    limits = {render.GPU_RESOURCE: str(gpus)} if gpus else {}
+    body["spec"] = {"containers": [{"name": "c", "resources": {"limits": limits}}]}
+    if node:
+        body["spec"]["nodeName"] = node
+    body["status"] = {"phase": phase}
+    return body
+
+
+class FakeIndex(dict[Any, list[dict[str, Any]]]):
+    """kopf's Index as the handlers see it: key -> store of the objects' values."""
+
+
+def indices_of(**kinds: list[dict[str, Any]]) -> Indices:
+    built: dict[str, FakeIndex] = {}
+    for index, bodies in kinds.items():
+        idx = FakeIndex()
+        for body in bodies:
+            keys = gpu_pod_keys(body) if index == GPU_PODS else object_keys(body)
+            for k, v in keys.items():
+                idx.setdefault(k, []).append(v)
+        built[index] = idx
+    out = Indices()
+    out.attach(built, cluster_wide=True)
+    out.mark_ready()
+    return out
+
+
+class NoAPI(CachedKube):
+    """Every read the indices do not answer fails the test."""
+
+    def __init__(self, indices: Indices) -> None:
+        self.indices = indices
+        self.misses = 0
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        raise AssertionError(f"went to the API server for {kind}")
+
+
+def test_children_are_found_by_model_label_and_by_name() -> None:
+    mine = obj("Deployment", "m1", **{render.NAME_LABEL: "m1"})
+    other = obj("Deployment", "m2", **{render.NAME_LABEL: "m2"})
+    kube = NoAPI(indices_of(md_deployments=[mine, other]))
+    assert kube.list("apps/v1", "Deployment", "team", f"{render.NAME_LABEL}=m1") == [mine]
+    assert kube.get("apps/v1", "Deployment", "team", "m2") == other
+    assert kube.list("apps/v1", "Deployment", "elsewhere", f"{render.NAME_LABEL}=m1") == []
+    assert kube.misses == 0
+
+
+def test_caches_are_found_by_key_and_by_label_presence() -> None:
+    pvc = obj("PersistentVolumeClaim", "c1", **{cache.CACHE_KEY_LABEL: "k1"})
+    kube = NoAPI(indices_of(md_pvcs=[pvc]))
+    assert kube.list("v1", "PersistentVolumeClaim", "team", cache.CACHE_KEY_LABEL) == [pvc]
+    assert kube.list("v1", "PersistentVolumeClaim", None, cache.CACHE_KEY_LABEL) == [pvc]
+    assert kube.list("v1", "PersistentVolumeClaim", "team", cache.selector_string("k2")) == []
+
+
+def test_gpu_accounting_sees_only_bound_unfinished_gpu_pods() -> None:
+    pods = [
+        pod("serving", "n1", 2),
+        pod("cpu-only", "n1", 0),
+        pod("pending", None, 1, phase="Pending"),
+        pod("done", "n1", 1, phase="Succeeded"),
+    ]
+    kube = NoAPI(indices_of(md_gpu_pods=pods))
+    found = kube.list("v1", "Pod", None, field_selector=UNFINISHED_PODS)
+    assert [p["metadata"]["name"] for p in found] == ["serving"]
+    assert found[0]["spec"]["nodeName"] == "n1"
+
+
+def test_gpu_accounting_of_a_namespaced_operator_goes_to_the_api_server() -> None:
+    # It cannot see other namespaces' GPU pods: the API server answers (and may refuse).
+    indices = indices_of(md_gpu_pods=[pod("serving", "n1", 2)])
+    indices.cluster_wide = False
+    with pytest.raises(AssertionError, match="went to the API server"):
+        NoAPI(indices).list("v1", "Pod", None, field_selector=UNFINISHED_PODS)
+
+
+def test_reads_before_the_indices_are_filled_go_to_the_api_server() -> None:
+    indices = Indices()
+    with pytest.raises(AssertionError, match="went to the API server"):
+        NoAPI(indices).get("apps/v1", "Deployment", "team", "m1")
+
+
+def test_a_name_missing_from_the_index_is_read_from_the_api_server() -> None:
+    # Someone else's object of that name, or one just created: never assumed absent.
+    kube = NoAPI(indices_of(md_services=[]))
+    with pytest.raises(AssertionError, match="went to the API server"):
+        kube.get("v1", "Service", "team", "m1")
+
+
+@pytest.mark.parametrize("selector", ["a!=b", "a in (b)", "!a"])
+def test_selectors_the_indices_cannot_answer(selector: str) -> None:
+    assert parse_selector(selector) is None
+
+
+def test_an_object_that_stops_matching_is_dropped() -> None:
+    # An empty mapping: kopf keeps an object's old values when the index function returns None.
+    assert gpu_pod_keys(pod("done", "n1", 1, phase="Failed")) == {}
+    assert ALL in gpu_pod_keys(pod("serving", "n1", 1))
+
+
+def managed(manager: str, fields: dict[str, Any], operation: str = "Apply") -> dict[str, Any]:
+    return {"manager": manager, "operation": operation, "apiVersion": "apps/v1", "fieldsV1": fields}
+
+
+def test_owned_fields_change_when_another_manager_takes_one_of_ours() -> None:
+    ours = {"f:spec": {"f:replicas": {}, "f:template": {}}}
+    before = {"metadata": {"managedFields": [managed(FIELD_MANAGER, ours)]}}
+    # `kubectl scale` (an update) takes spec.replicas from us.
+    after = {
+        "metadata": {
+            "managedFields": [
+                managed(FIELD_MANAGER, {"f:spec": {"f:template": {}}}),
+                managed("kubectl", {"f:spec": {"f:replicas": {}}}, "Update"),
+            ]
+        }
+    }
+    # Someone else adding a field of their own leaves our entry as it was.
+    beside = {
+        "metadata": {
+            "managedFields": [
+                managed(FIELD_MANAGER, ours),
+                managed("someone", {"f:metadata": {"f:labels": {"f:team": {}}}}, "Update"),
+            ]
+        }
+    }
+    assert owned_fields(before) != owned_fields(after)
+    assert owned_fields(before) == owned_fields(beside)
