@@ -112,7 +112,8 @@ class ModelServer:
     async def listen(self) -> None:
         if self._runner is not None:
             return
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # A slow answer in flight must not hold a stop for long.
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
