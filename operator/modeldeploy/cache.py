@@ -177,6 +177,7 @@ def render_job(
     token_ref: SecretKeyRef | None = None,
     scheduling: Scheduling | None = None,
     affinity: Obj | None = None,
+    security: render.PodSecurity | None = None,
 ) -> Obj:
     """The prefetch Job (no ownerReferences: shared; no TTL: the operator reads its status).
 
@@ -184,6 +185,8 @@ def render_job(
     volume is provisioned where the Job's pod lands, so that should be where the GPU nodes are.
     """
     key = cache_key(model_id, revision)
+    security = security or render.PodSecurity()
+    tmp, tmp_mount = render.tmp_volume()
     container: Obj = {
         "name": CONTAINER,
         "image": image,
@@ -194,19 +197,26 @@ def render_job(
             "--cache-key", key,
             "--termination-log", TERMINATION_LOG,
         ],
-        "env": _env(hf_endpoint, token_ref),
+        "env": _env(hf_endpoint, token_ref) + security.env(),
         "resources": {"requests": {"cpu": CPU_REQUEST, "memory": MEMORY}, "limits": {"memory": MEMORY}},
-        "volumeMounts": [{"name": VOLUME, "mountPath": MOUNT_PATH}],
+        "volumeMounts": [{"name": VOLUME, "mountPath": MOUNT_PATH}, tmp_mount],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": security.container(),
     }  # fmt: skip
     # It uses no GPU, but may run on a GPU node (where a zonal volume then lands).
     tolerations: list[Obj] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     pod_spec: Obj = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
+        # It talks to the Hub only; the token it may hold is the model's, never an API token.
+        "automountServiceAccountToken": False,
+        "securityContext": security.pod(),
         "containers": [container],
-        "volumes": [{"name": VOLUME, "persistentVolumeClaim": {"claimName": claim_name(model_id, revision)}}],
+        "volumes": [
+            {"name": VOLUME, "persistentVolumeClaim": {"claimName": claim_name(model_id, revision)}},
+            tmp,
+        ],
     }
     if scheduling is not None:
         for t in scheduling.tolerations:

@@ -17,6 +17,7 @@ from modeldeploy import GROUP, VERSION, cache
 from modeldeploy.api import ModelArchitecture, ModelDeploymentSpec
 from modeldeploy.hubfacts import parse_config
 from modeldeploy.kube import Kube
+from modeldeploy.resolve import pod_security
 from modeldeploy.settings import Settings
 
 log = logging.getLogger("modeldeploy.cache")
@@ -79,6 +80,7 @@ class CacheSync:
                     token_ref=spec.model.token_secret_ref,
                     scheduling=spec.scheduling,
                     affinity=affinity,
+                    security=pod_security(self.settings),
                 )
                 claim_uid = str(((pvc_obj or {}).get("metadata") or {}).get("uid") or "")
                 annotations = job["metadata"]["annotations"]
@@ -195,9 +197,11 @@ class CacheSync:
         return existing
 
     def _progress(self, namespace: str, pods: list[Obj]) -> str:
-        """The last progress line the running prefetch pod printed (best effort)."""
+        """The last progress line the running prefetch pod printed (best effort), only where
+        the settings allow reading its log: reading pod logs is a power the chart grants only
+        on request (prefetchProgress.fromLogs), for the namespaces named."""
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-        if not running:
+        if not running or not self.settings.reads_prefetch_log(namespace):
             return ""
         try:
             tail = self.kube.pod_log_tail(namespace, running[-1]["metadata"]["name"], cache.CONTAINER, 20)

@@ -42,6 +42,44 @@ class CacheMount:
 
 
 @dataclass(frozen=True)
+class PodSecurity:
+    """The security context of every pod the operator makes (serving and prefetch): no
+    privilege escalation, no capabilities, RuntimeDefault seccomp, a read-only root filesystem,
+    and a non-root user when the image can run as one (run_as_user; TGI's image runs as root)."""
+
+    run_as_user: int | None = None
+    read_only_root_filesystem: bool = True
+
+    def pod(self) -> Obj:
+        ctx: Obj = {"seccompProfile": {"type": "RuntimeDefault"}}
+        if self.run_as_user is not None:
+            uid = self.run_as_user
+            # fsGroup: volumes (the weight cache) writable by that user where the driver allows.
+            ctx = {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid, **ctx}
+        return ctx
+
+    def container(self) -> Obj:
+        return {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": self.read_only_root_filesystem,
+        }
+
+    def env(self) -> list[Obj]:
+        # Caches under HOME (triton, outlines, torch, CUDA) land in the writable /tmp; a uid
+        # without a passwd entry needs USER too (Python's getpass, torch's cache paths).
+        env: list[Obj] = [{"name": "HOME", "value": tgi.HOME_DIR}]
+        if self.run_as_user is not None:
+            env.append({"name": "USER", "value": f"uid{self.run_as_user}"})
+        return env
+
+
+def tmp_volume() -> tuple[Obj, Obj]:
+    """The writable /tmp (and HOME) a read-only root filesystem leaves the pod."""
+    return {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": tgi.TMP_DIR}
+
+
+@dataclass(frozen=True)
 class Resolved:
     """What the operator worked out before rendering (planner, catalog, cluster facts)."""
 
@@ -59,6 +97,7 @@ class Resolved:
     max_total_tokens: int | None = None
     max_input_tokens: int | None = None
     prometheus_url: str = ""
+    security: PodSecurity = PodSecurity()
 
 
 def labels(name: str) -> dict[str, str]:
@@ -105,7 +144,7 @@ def _meta(name: str, namespace: str, owner: Owner | None, extra: dict[str, str] 
 
 
 def _env(spec: ModelDeploymentSpec, res: Resolved) -> list[Obj]:
-    env: list[Obj] = [{"name": "HF_HOME", "value": tgi.DATA_DIR}]
+    env: list[Obj] = [{"name": "HF_HOME", "value": tgi.DATA_DIR}, *res.security.env()]
     if res.cache is not None and res.cache.prefetched:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     ref = spec.model.token_secret_ref
@@ -177,6 +216,9 @@ def _volumes(spec: ModelDeploymentSpec, res: Resolved) -> tuple[list[Obj], list[
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}}
     ]
     mounts: list[Obj] = [{"name": "shm", "mountPath": tgi.SHM_DIR}]
+    tmp, tmp_mount = tmp_volume()
+    volumes.append(tmp)
+    mounts.append(tmp_mount)
     if res.cache is not None:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": res.cache.claim_name}})
         read_only = res.cache.prefetched and not res.cache.writable
@@ -204,6 +246,7 @@ def deployment(
         "resources": _resources(spec, res),
         "volumeMounts": mounts,
         **_probes(res.startup_timeout_seconds),
+        "securityContext": res.security.container(),
     }
     pod_spec: Obj = {
         "containers": [container],
@@ -211,6 +254,9 @@ def deployment(
         "tolerations": _tolerations(spec, res),
         "terminationGracePeriodSeconds": tgi.TERMINATION_GRACE_SECONDS,
         "enableServiceLinks": False,
+        # TGI needs no API access; trustRemoteCode code must not find a token beside it.
+        "automountServiceAccountToken": False,
+        "securityContext": res.security.pod(),
     }
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(spec.scheduling.node_selector.items()))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from modeldeploy import catalog, planner, render
+from modeldeploy import catalog, planner, policy, render
 from modeldeploy.api import AutoscalingEngine, ModelArchitecture, ModelDeploymentSpec, PlanStatus, Quantize
 from modeldeploy.catalog import GpuType
 from modeldeploy.errors import DoesNotFitError, SpecError
@@ -122,6 +122,10 @@ def _plan_error(spec: ModelDeploymentSpec, err: planner.PlanError) -> SpecError:
     return out
 
 
+def pod_security(settings: Settings) -> render.PodSecurity:
+    return render.PodSecurity(settings.run_as_user, settings.read_only_root_filesystem)
+
+
 def static_rules(spec: ModelDeploymentSpec) -> None:
     """Rules that need no architecture facts: every path (operator, `render`, `plan`) applies them."""
     gpus = spec.resources.gpus
@@ -213,6 +217,7 @@ def resolve(
     read_arch: facts read from the model's repository, used when neither the spec nor the
     catalog has any. sticky_gpu_type: see plan_model."""
     static_rules(spec)
+    policy.check(spec, settings)
     model_id, arch = model_facts(spec)
     arch = arch or read_arch
     if not model_id:
@@ -246,6 +251,7 @@ def resolve(
         max_total_tokens=max_total,
         max_input_tokens=max_input,
         prometheus_url=settings.prometheus_url,
+        security=pod_security(settings),
     )
     if spec.autoscaling.enabled and spec.autoscaling.engine == AutoscalingEngine.keda and not facts.keda:
         raise SpecError(

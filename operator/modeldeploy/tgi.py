@@ -7,6 +7,7 @@ checks them against the committed reference docs/reference/tgi-launcher-3.3.yaml
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from modeldeploy.api import Engine, ModelSource
@@ -15,6 +16,14 @@ from modeldeploy.errors import SpecError
 PORT = 80
 DATA_DIR = "/data"  # the official image sets HF_HOME=/data
 SHM_DIR = "/dev/shm"
+# What else TGI writes, so a read-only root filesystem needs it writable: the shards' gRPC
+# sockets (/tmp/text-generation-server-N, the --shard-uds-path default) and caches under HOME
+# (triton, outlines, torch inductor, CUDA's ComputeCache). One emptyDir at /tmp, and HOME
+# pointed into it (the image's HOME, /root, is on the root filesystem).
+TMP_DIR = "/tmp"
+HOME_DIR = TMP_DIR
+# The image's default repository (DEFAULT_IMAGE without its tag).
+IMAGE_REPOSITORY = "ghcr.io/huggingface/text-generation-inference"
 HEALTH_PATH = "/health"
 # TGI's launcher waits up to 90 s for shards to drain (--graceful-termination-timeout default).
 TERMINATION_GRACE_SECONDS = 120
@@ -59,14 +68,105 @@ OWNED_FLAGS: dict[str, str] = {
     "port": "the operator (the Service targets port 80)",
     "hostname": "the operator",
     "huggingface-hub-cache": "spec.cache",
+    "weights-cache-override": "spec.cache",
     "json-output": "the operator",
 }
 # Flags whose value is a credential: it would end up in the pod spec in clear text.
 SECRET_FLAGS: frozenset[str] = frozenset({"api-key", "ngrok-authtoken"})
+# Flags no namespace user may hand to the server, with why: they send data off the pod, open it
+# to other origins, or take a port or socket the pod's other parts use.
+REFUSED_FLAGS: dict[str, str] = {
+    "otlp-endpoint": "sends traces (with prompts) to another host",
+    "otlp-service-name": "names the traces --otlp-endpoint sends, which is not allowed",
+    "cors-allow-origin": "lets web pages of other origins read the model's answers in browsers",
+    "ngrok": "opens a tunnel from the internet to the pod",
+    "ngrok-edge": "opens a tunnel from the internet to the pod",
+    "prometheus-port": "binds a port of the pod the operator does not manage",
+    "shard-uds-path": "moves the shards' sockets, which the pod's writable paths are laid out for",
+    "master-addr": "points the shards' torch.distributed rendezvous at another host",
+    "master-port": "binds a port of the pod the operator does not manage",
+}
+
+# Value shapes (RE2 and Python `re` alike; matched against the whole value).
+_INT = r"[0-9]{1,10}"
+_NUMBER = r"[0-9]{1,10}(\.[0-9]{1,10})?"
+_HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_ADAPTER = f"{_HUB_ID}(@[A-Za-z0-9][A-Za-z0-9._-]{{0,127}})?"
+# A file in the model's own volume: components that do not start with "." (so no ".." either).
+_DATA_FILE = DATA_DIR + r"(/[A-Za-z0-9_+=@-][A-Za-z0-9_.+=@-]{0,254}){1,32}"
+
+
+@dataclass(frozen=True)
+class ValueShape:
+    pattern: str
+    says: str  # what the flag takes, for messages
+
+
+_WHOLE = ValueShape(_INT, "a whole number")
+_REAL = ValueShape(_NUMBER, "a number such as 0.5")
+
+# The flags any namespace user may pass in extraArgs, with the shape of their value (None: a
+# switch, which takes no value). An allowlist: a flag a new TGI adds is refused until judged.
+SAFE_FLAGS: dict[str, ValueShape | None] = {
+    "validation-workers": _WHOLE,
+    "speculate": _WHOLE,
+    "max-best-of": _WHOLE,
+    "max-stop-sequences": _WHOLE,
+    "max-top-n-tokens": _WHOLE,
+    "waiting-served-ratio": _REAL,
+    "max-batch-total-tokens": _WHOLE,
+    "max-waiting-tokens": _WHOLE,
+    "max-batch-size": _WHOLE,
+    "cuda-graphs": ValueShape(
+        r"[0-9]{1,5}(,[0-9]{1,5}){0,63}", "batch sizes separated by commas, e.g. 1,2,4,8"
+    ),
+    "disable-custom-kernels": None,
+    "cuda-memory-fraction": _REAL,
+    "rope-scaling": ValueShape("linear|dynamic", "linear or dynamic"),
+    "rope-factor": _REAL,
+    "watermark-gamma": _REAL,
+    "watermark-delta": _REAL,
+    "disable-grammar-support": None,
+    "env": None,
+    "max-client-batch-size": _WHOLE,
+    "lora-adapters": ValueShape(
+        f"{_ADAPTER}(,{_ADAPTER}){{0,31}}",
+        "Hub adapter ids (org/name or org/name@revision) separated by commas, no local paths",
+    ),
+    "usage-stats": ValueShape("on|off|no-stack", "on, off or no-stack"),
+    "payload-limit": _WHOLE,
+    "enable-prefill-logprobs": None,
+    "graceful-termination-timeout": _WHOLE,
+    "tokenizer-config-path": ValueShape(
+        _DATA_FILE, f"a file under {DATA_DIR} (the model's own weights), without hidden or '..' parts"
+    ),
+}
+
+
+def refusal(name: str) -> str | None:
+    """Why --name may not be in extraArgs (None: it may). One text for the operator and the
+    chart's admission policy."""
+    if name not in KNOWN_FLAGS:
+        return f"--{name} is not a text-generation-launcher flag; remove it or fix the name"
+    if name in OWNED_FLAGS:
+        return f"--{name} is set by {OWNED_FLAGS[name]}; use that field instead of extraArgs"
+    if name in SECRET_FLAGS:
+        return f"--{name} takes a credential; do not put secrets in the spec"
+    if name in REFUSED_FLAGS:
+        return f"--{name} is not allowed in extraArgs: it {REFUSED_FLAGS[name]}"
+    if name not in SAFE_FLAGS:
+        return f"--{name} is not allowed in extraArgs"
+    return None
+
+
+def value_ok(name: str, value: str) -> bool:
+    shape = SAFE_FLAGS[name]
+    return shape is not None and re.fullmatch(shape.pattern, value) is not None
 
 
 def parse_extra_args(args: list[str]) -> list[tuple[str, str | None]]:
-    """Split extraArgs into (flag, value) pairs, refusing unknown, owned and secret flags."""
+    """Split extraArgs into (flag, value) pairs, refusing what SAFE_FLAGS does not allow and
+    values not of their flag's shape."""
     pairs: list[tuple[str, str | None]] = []
     i = 0
     while i < len(args):
@@ -75,26 +175,24 @@ def parse_extra_args(args: list[str]) -> list[tuple[str, str | None]]:
         if not item.startswith("--"):
             raise SpecError(where, f"expected a --flag, got {item!r}; put flag values right after their flag")
         name, eq, inline = item[2:].partition("=")
-        if name not in KNOWN_FLAGS:
-            raise SpecError(
-                where, f"--{name} is not a text-generation-launcher flag; remove it or fix the name"
-            )
-        if name in OWNED_FLAGS:
-            raise SpecError(
-                where, f"--{name} is set by {OWNED_FLAGS[name]}; use that field instead of extraArgs"
-            )
-        if name in SECRET_FLAGS:
-            raise SpecError(where, f"--{name} takes a credential; do not put secrets in the spec")
+        if (why := refusal(name)) is not None:
+            raise SpecError(where, why)
+        shape = SAFE_FLAGS[name]
         value: str | None
-        if eq:
-            value = inline
-        elif name in BOOLEAN_FLAGS:
+        if shape is None:
+            if eq:
+                raise SpecError(where, f"--{name} is a switch and takes no value")
             value = None
+        elif eq:
+            value = inline
         elif i + 1 < len(args) and not args[i + 1].startswith("--"):
             i += 1
+            where = f"spec.engine.extraArgs[{i}]"
             value = args[i]
         else:
             raise SpecError(where, f"--{name} needs a value")
+        if shape is not None and value is not None and not value_ok(name, value):
+            raise SpecError(where, f"--{name} takes {shape.says}, got {value!r}")
         pairs.append((name, value))
         i += 1
     return pairs

@@ -151,11 +151,39 @@ def test_job_runs_the_embedded_prefetch_program_in_the_serving_image() -> None:
     ]  # fmt: skip
     assert c["terminationMessagePath"] == "/dev/termination-log"
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert c["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert c["volumeMounts"] == [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["HF_HOME"] == "/data"
     assert env["HF_HUB_DISABLE_TELEMETRY"] == "1"
     assert "HF_ENDPOINT" not in env and "HF_TOKEN" not in env and "HF_HUB_OFFLINE" not in env
+
+
+def test_job_pod_is_hardened() -> None:
+    job = _job()
+    pod = job["spec"]["template"]["spec"]
+    c = _container(job)
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+    # The read-only root leaves /tmp (and HOME in it) writable, besides the volume.
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["HOME"] == "/tmp" and "USER" not in env
+
+    non_root = _job(security=render.PodSecurity(run_as_user=1000))
+    pod = non_root["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
+    env = {e["name"]: e.get("value") for e in _container(non_root)["env"]}
+    assert env["USER"] == "uid1000"
+    # Another security context is another pod template: a failed Job may be replaced for it.
+    ann = cache.JOB_HASH_ANNOTATION
+    assert non_root["metadata"]["annotations"][ann] != job["metadata"]["annotations"][ann]
 
 
 def test_job_settings() -> None:
@@ -171,7 +199,10 @@ def test_job_settings() -> None:
     assert "ttlSecondsAfterFinished" not in spec
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": meta["name"]}}]
+    assert pod["volumes"] == [
+        {"name": "data", "persistentVolumeClaim": {"claimName": meta["name"]}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
     assert spec["template"]["metadata"]["labels"][cache.CACHE_KEY_LABEL] == cache.cache_key(MODEL, "main")
     resources = _container(job)["resources"]
     assert resources == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}
