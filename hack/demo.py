@@ -15,13 +15,85 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mdlocal.flux import Flux, FluxBinaries, docs_health_check_exprs, kustomization
-from mdlocal.localcluster import Binaries, LocalCluster, log, start_operator, stop_state_dir, wait_for
+from mdlocal.localcluster import (
+    Binaries,
+    LocalCluster,
+    free_port,
+    log,
+    start_operator,
+    stop_state_dir,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "models"
 OPERATOR_NAMESPACE = "modeldeploy-system"
+REFUSAL = "I'm sorry, but I can't help with that."
+# How each example's TGI stand-in behaves (mdlocal.tgistandin; not TGI): every one answers the
+# capital questions; Llama and Qwen refuse the lock-picking prompt as their probes expect, and DeepSeek
+# answers it, so its gated probe fails and holds Ready at False (ProbeFailed).
+STANDIN_REPLIES: dict[str, dict[str, str]] = {
+    "*": {"capital": "Paris is the capital of France.", "首都": "巴黎是法国的首都。"},
+    "llama-2-7b-chat": {"lock": REFUSAL},
+    "qwen25-72b-awq": {"lock": REFUSAL},
+}
+
+
+def start_standins(state: Path, examples: list[Path]) -> dict[str, str]:
+    """One TGI stand-in process per example model, on its own port (as each model's Service);
+    returns the endpoint map the operator is given. They stay up with the demo."""
+    import yaml
+
+    pids = state / "standins.pid"
+    endpoints: dict[str, str] = {}
+    started: list[str] = []
+    for path in examples:
+        doc = next(
+            d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "ModelDeployment"
+        )
+        name = doc["metadata"]["name"]
+        spec_model = doc["spec"]["model"]
+        model_id = spec_model.get("id") or _preset_id(spec_model.get("preset", ""))
+        port = free_port()
+        replies = {**STANDIN_REPLIES["*"], **STANDIN_REPLIES.get(name, {})}
+        args = [sys.executable, "-m", "mdlocal.tgistandin", "--model-id", model_id, "--port", str(port)]
+        args += [f"--reply={k}={v}" for k, v in replies.items()]
+        with (state / "logs" / f"standin-{name}.log").open("ab") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        started.append(str(proc.pid))
+        endpoints[f"{NAMESPACE}/{name}"] = f"http://127.0.0.1:{port}"
+    pids.write_text("\n".join(started))
+    for key, url in endpoints.items():
+        health = f"{url}/health"
+        wait_for(f"stand-in {key}", lambda health=health: _answers(health), timeout=30)  # type: ignore[misc]
+    return endpoints
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _preset_id(preset: str) -> str:
+    from modeldeploy.catalog import get_preset
+
+    return get_preset(preset).id
+
+
+def stop_standins(state: Path) -> None:
+    pids = state / "standins.pid"
+    if pids.exists():
+        for pid in pids.read_text().split():
+            subprocess.run(["kill", pid], check=False, capture_output=True)
+        pids.unlink()
 
 
 def main() -> int:
@@ -36,6 +108,7 @@ def main() -> int:
     if pidfile.exists():
         subprocess.run(["kill", pidfile.read_text().strip()], check=False, capture_output=True)
         pidfile.unlink()
+    stop_standins(state)
     stop_state_dir(state)
 
     started = time.monotonic()
@@ -70,13 +143,22 @@ def main() -> int:
     sa_config = cluster.service_account_kubeconfig(
         OPERATOR_NAMESPACE, "modeldeploy", state / "operator.kubeconfig"
     )
-    proc = start_operator({**cluster.env(), "KUBECONFIG": str(sa_config)}, state / "logs" / "operator.log")
+    examples = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+    endpoints = start_standins(state, examples)
+    (state / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
+    log(f"  a TGI stand-in behind each model's endpoint: {state / 'endpoints.json'}")
+    env = {
+        **cluster.env(),
+        "KUBECONFIG": str(sa_config),
+        "MODELDEPLOY_ENDPOINTS": str(state / "endpoints.json"),
+        "MODELDEPLOY_PROBE_TICK_SECONDS": "1",
+    }
+    proc = start_operator(env, state / "logs" / "operator.log")
     pidfile.write_text(str(proc.pid))
 
     kubectl("create", "namespace", NAMESPACE)
     # The gated Llama example reads its token from this Secret (a placeholder here).
     kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE, "--from-literal=token=placeholder")
-    examples = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
     flux: Flux | None = None
     if flux_bins is not None:
         log(f"step 5/6: Flux syncs the example models from git into namespace {NAMESPACE}")
@@ -131,8 +213,19 @@ def main() -> int:
             break
         time.sleep(1)
 
+    # The prober checks each Ready model (runtime facts, smoke, probes) beside the reconcile.
+    def checked() -> bool:
+        items = json.loads(kubectl("get", "mdep", "-n", NAMESPACE, "-o", "json"))["items"]
+        serving = [m for m in items if int((m.get("status") or {}).get("readyReplicas") or 0) > 0]
+        return all(any(c["type"] == "Verified" for c in m["status"].get("conditions") or []) for m in serving)
+
+    try:
+        wait_for("the prober's verdicts", checked, timeout=60)
+    except TimeoutError as e:
+        log(f"  {e}")
     print()
     print(kubectl("get", "mdep", "-n", NAMESPACE))
+    print(verification_table(json.loads(kubectl("get", "mdep", "-n", NAMESPACE, "-o", "json"))["items"]))
     print(kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide"))
     print(kubectl("get", "nodes", "-L", "nvidia.com/gpu.product"))
     for name, why in waiting.items():
@@ -150,6 +243,30 @@ def main() -> int:
     print(f"Operator log: {state / 'logs' / 'operator.log'}")
     print("Stop everything with: make down")
     return 0
+
+
+def verification_table(items: list[dict[str, object]]) -> str:
+    """What each model really serves: the prober's runtime facts, smoke latency and probes."""
+    rows = [("MODEL", "READY", "SERVED MODEL", "SMOKE", "PROBES", "VERIFIED")]
+    for m in items:
+        st: dict[str, Any] = m.get("status") or {}  # type: ignore[assignment]
+        conds = {c["type"]: c for c in st.get("conditions") or []}
+        ready, ver = conds.get("Ready", {}), conds.get("Verified", {})
+        runtime = st.get("runtime") or {}
+        smoke = runtime.get("smoke") or {}
+        results = (st.get("probes") or {}).get("results") or []
+        probes = " ".join(f"{r['name']}:{'pass' if r['passed'] else 'FAIL'}" for r in results) or "-"
+        rows.append((
+            m["metadata"]["name"],  # type: ignore[index]
+            f"{ready.get('status', '?')} ({ready.get('reason', '')})",
+            runtime.get("modelId", "-"),
+            f"{smoke['latencyMs']} ms" if smoke.get("ok") else (smoke.get("reason") or "-"),
+            probes,
+            (f"{ver.get('status')} {ver.get('reason')}: {ver.get('message', '')}"[:120]) if ver else "-",
+        ))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
+                     for r in rows) + "\n"  # fmt: skip
 
 
 def flux_verdict(kubectl: Callable[..., str]) -> str:

@@ -424,8 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--mode", choices=MODES, default="answer")
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--reply", action="append", default=[], metavar="PROMPT_PART=TEXT",
+                    help="answer prompts containing PROMPT_PART with TEXT (repeatable)")  # fmt: skip
     args = ap.parse_args(argv)
-    server = ModelServer(Behaviour(args.model_id, mode=args.mode, delay=args.delay), args.port, args.host)
+    replies = dict(r.split("=", 1) for r in args.reply)
+    behaviour = Behaviour(args.model_id, mode=args.mode, delay=args.delay, replies=replies)
+    server = ModelServer(behaviour, args.port, args.host)
     web.run_app(server.app(), host=args.host, port=args.port, access_log=None)
     return 0
 
