@@ -374,6 +374,55 @@ class LocalCluster:
         """Wait for `probe` while the process NAME is alive (a dead process ends the wait)."""
         self._wait_healthy(name, probe, timeout)
 
+    def _probe(self, name: str) -> Callable[[], bool]:
+        """The health check `start` waits on for the component NAME."""
+        p = self.ports
+        if name == "etcd":
+
+            def etcd_ok() -> bool:
+                with urllib.request.urlopen(f"http://127.0.0.1:{p['etcd']}/health", timeout=3) as r:
+                    return bool(json.loads(r.read()).get("health") == "true")
+
+            return etcd_ok
+        if name == "apiserver":
+            return lambda: self._https_ok(p["apiserver"], "/readyz", self.token)
+        if name in ("controller-manager", "scheduler"):
+            return lambda: self._https_ok(p[name], "/healthz")
+        if name == "kwok":
+
+            def kwok_ok() -> bool:
+                with urllib.request.urlopen(f"http://127.0.0.1:{p['kwok']}/healthz", timeout=3) as r:
+                    return bool(r.status == 200)
+
+            return kwok_ok
+        raise KeyError(f"no health check for {name}")
+
+    def restart(self, name: str, kill: bool = False, timeout: float = 120.0) -> float:
+        """Stop the component NAME (SIGTERM and wait, or with `kill` SIGKILL at once) and start it
+        again with the same command line: the same ports, data directory and certificates.
+        Returns the seconds from the stop until it is healthy again (for etcd: until the API
+        server is ready again too)."""
+        old = self.procs[name]
+        started = time.monotonic()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(old.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            old.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.pid, signal.SIGKILL)
+            old.wait(timeout=10)
+        log(f"{name} stopped ({'SIGKILL' if kill else 'SIGTERM'}, exit {old.returncode}); starting it again")
+        argv = old.args
+        assert isinstance(argv, list), argv
+        # None of the control-plane components is started with an environment of its own.
+        self._spawn(name, [str(a) for a in argv])
+        self._wait_healthy(name, self._probe(name), timeout)
+        if name == "etcd" and "apiserver" in self.procs:
+            # The API server serves nothing until it has its storage back: wait for that too.
+            self._wait_healthy("apiserver", self._probe("apiserver"), timeout)
+        return time.monotonic() - started
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, nodes: tuple[NodeShape, ...] = DEFAULT_NODES) -> None:
