@@ -132,6 +132,46 @@ def test_extra_args_accepted_and_appended() -> None:
     assert args[-2:] == ["--cuda-graphs=1,2,4", "--disable-custom-kernels"]
 
 
+def test_serving_pod_is_hardened_by_default() -> None:
+    dep = deployment(spec(resources={"gpus": 1}))
+    pod = dep["spec"]["template"]["spec"]
+    c = container(dep)
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+    assert not any(k in pod for k in ("hostNetwork", "hostPID", "hostIPC"))
+    # What TGI writes is a volume: weights, shared memory, and /tmp (shard sockets; HOME caches).
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == {"/data", "/dev/shm", "/tmp"}
+    assert volumes[mounts["/tmp"]] == {"name": "tmp", "emptyDir": {}}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["HOME"] == "/tmp"
+    # The shards' sockets (the launcher's --shard-uds-path default) land in that volume.
+    reference = yaml.safe_load((REPO / "docs" / "reference" / "tgi-launcher-3.3.yaml").read_text())
+    uds = next(f["default"] for f in reference["flags"] if f["name"] == "shard-uds-path")
+    assert uds.startswith(tgi.TMP_DIR + "/")
+
+
+def test_non_root_setting() -> None:
+    s = spec(resources={"gpus": 1})
+    res, _ = resolve(s, Settings(run_as_user=1000, read_only_root_filesystem=False), ClusterFacts())
+    dep = render.deployment("m", "ns", s, res, None)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
+    c = container(dep)
+    assert c["securityContext"]["readOnlyRootFilesystem"] is False
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["USER"] == "uid1000" and env["HOME"] == "/tmp"
+
+
 def test_known_flags_cover_owned_flags() -> None:
     assert set(tgi.OWNED_FLAGS) <= tgi.KNOWN_FLAGS
     assert tgi.BOOLEAN_FLAGS <= tgi.KNOWN_FLAGS

@@ -57,3 +57,31 @@ def test_owned_and_secret_flags_are_launcher_flags() -> None:
     known = flags().keys()
     assert known >= set(tgi.OWNED_FLAGS)
     assert known >= tgi.SECRET_FLAGS
+
+
+def test_every_launcher_flag_is_judged_exactly_once() -> None:
+    # Owned by a field, a credential, refused with a reason, or safe with a value shape: a flag a
+    # new TGI adds must be judged here before a ModelDeployment may pass it.
+    groups = [set(tgi.OWNED_FLAGS), set(tgi.SECRET_FLAGS), set(tgi.REFUSED_FLAGS), set(tgi.SAFE_FLAGS)]
+    judged = [name for group in groups for name in group]
+    assert sorted(judged) == sorted(set(judged)), "a flag is in two groups"
+    assert set(judged) == set(flags())
+
+
+def test_safe_switches_are_the_launchers_switches() -> None:
+    for name, shape in tgi.SAFE_FLAGS.items():
+        assert (shape is None) == (not flags()[name]["takesValue"]), name
+
+
+@pytest.mark.parametrize("flag", ["rope-scaling", "usage-stats"])
+def test_enumerated_values_are_the_launchers(flag: str) -> None:
+    for value in flags()[flag]["values"]:
+        assert tgi.value_ok(flag, value), value
+    assert not tgi.value_ok(flag, "other")
+
+
+def test_defaults_of_safe_flags_fit_their_shapes() -> None:
+    for name, shape in tgi.SAFE_FLAGS.items():
+        default = flags()[name].get("default")
+        if shape is not None and default is not None:
+            assert tgi.value_ok(name, str(default)), (name, default)
