@@ -45,6 +45,8 @@ YAML
 if [[ "$out" == "-" ]]; then
   render
 else
+  # The chart's copy of the extraArgs rules for its ValidatingAdmissionPolicy, from tgi.py.
+  PYTHONPATH=operator "${py:-.venv/bin/python}" -m modeldeploy.policy >charts/modeldeploy/templates/_launcher_flags.tpl
   tmp=$(mktemp)
   trap 'rm -f "$tmp"' EXIT
   render >"$tmp"

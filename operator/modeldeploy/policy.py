@@ -12,6 +12,8 @@ so `kubectl apply` refuses them too; tests/integration/test_policy.py holds the 
 
 from __future__ import annotations
 
+import json
+
 from modeldeploy import tgi
 from modeldeploy.api import ModelDeploymentSpec
 from modeldeploy.errors import SpecError
@@ -86,3 +88,27 @@ def check(spec: ModelDeploymentSpec, settings: Settings) -> None:
             f"{', '.join(settings.allowed_token_secrets)})",
         )
     tgi.parse_extra_args(spec.engine.extra_args)
+
+
+# ---- the same rules for the chart's ValidatingAdmissionPolicy -------------------------------
+
+FLAGS_TEMPLATE = "charts/modeldeploy/templates/_launcher_flags.tpl"
+
+
+def chart_flags_template() -> str:
+    """The chart's copy of the extraArgs rules, as CEL map literals (JSON objects): the value
+    shape of each safe flag ("" for a switch), what it takes, and why every other launcher flag
+    is refused. hack/render-install.sh writes it; tests/unit/test_chart.py checks it is current."""
+    shapes = {n: (s.pattern if s else "") for n, s in sorted(tgi.SAFE_FLAGS.items())}
+    says = {n: s.says for n, s in sorted(tgi.SAFE_FLAGS.items()) if s}
+    why = {n: tgi.refusal(n) for n in sorted(tgi.KNOWN_FLAGS - set(tgi.SAFE_FLAGS))}
+    out = [
+        "{{/* Generated from operator/modeldeploy/tgi.py by hack/render-install.sh. Do not edit. */}}",
+    ]
+    for name, table in (("Shapes", shapes), ("Says", says), ("Refusals", why)):
+        out += [f'{{{{- define "modeldeploy.launcherFlag{name}" -}}}}', json.dumps(table), "{{- end }}"]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(chart_flags_template(), end="")

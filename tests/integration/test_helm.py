@@ -87,6 +87,9 @@ def test_rendered_chart_passes_server_side_dry_run(cluster: Cluster, namespace: 
         # The ServiceMonitor kind does not exist here; its rendering is a unit test.
         "metrics": {"enabled": True},
         "priorityClassName": "system-cluster-critical",
+        "policy": {"admission": {"enabled": True}, "allowedPriorityClasses": ["gpu-high"]},
+        "modelPods": {"runAsUser": 1000},
+        "prefetchProgress": {"fromLogs": True},
     }
     rendered = docs_of(
         cluster.helm(
@@ -111,6 +114,9 @@ def test_rendered_chart_passes_server_side_dry_run(cluster: Cluster, namespace: 
         f"role.rbac.authorization.k8s.io/{RELEASE} serverside-applied",
         f"service/{RELEASE}-metrics serverside-applied",
         f"deployment.apps/{RELEASE} serverside-applied",
+        f"role.rbac.authorization.k8s.io/{RELEASE}-prefetch-log serverside-applied",
+        f"validatingadmissionpolicy.admissionregistration.k8s.io/{RELEASE}-{namespace}-modeldeployments",
+        f"validatingadmissionpolicybinding.admissionregistration.k8s.io/{RELEASE}-{namespace}-modeldeployments",
     ):
         assert expected in out, out
 

@@ -666,3 +666,32 @@ def test_a_job_that_ran_out_of_space_goes_again_once_the_volume_grew() -> None:
     same = _job()
     same["metadata"]["annotations"][cache.CLAIM_SIZE_ANNOTATION] = "20Gi"
     assert not cache.should_replace_job(failed, same)
+
+
+# ---- progress from the prefetch pod's log (opt-in) --------------------------------------------
+
+
+class _LogKube:
+    """A Kube stand-in that records which pod logs were asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def pod_log_tail(self, namespace: str, name: str, container: str, lines: int) -> str:
+        self.asked.append((namespace, name))
+        return "starting\nprogress: 7.2 GiB of 14.5 GiB (50%)\n"
+
+
+def test_prefetch_progress_is_read_only_where_allowed() -> None:
+    from modeldeploy.cache_sync import CacheSync
+    from modeldeploy.settings import Settings
+
+    running = [{"metadata": {"name": "p"}, "status": {"phase": "Running"}}]
+    kube = _LogKube()
+    # Default: the operator holds no pods/log power and never asks.
+    assert CacheSync(kube, Settings())._progress("ml", running) == ""  # type: ignore[arg-type]
+    assert kube.asked == []
+    allowed = CacheSync(kube, Settings(prefetch_log_namespaces=("ml",)))  # type: ignore[arg-type]
+    assert allowed._progress("other", running) == ""
+    assert allowed._progress("ml", running) == "7.2 GiB of 14.5 GiB (50%)"
+    assert kube.asked == [("ml", "p")]

@@ -41,7 +41,6 @@ NAMESPACED_GRANTS: dict[tuple[str, str], set[str]] = {
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get"},
     ("", "events"): {"create", "patch", "list"},
 }
 CLUSTER_GRANTS: dict[tuple[str, str], set[str]] = {
@@ -189,8 +188,11 @@ def test_default_render(tmp_path: Path) -> None:
     ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["resources"]["requests"] and c["resources"]["limits"]
-    # Settings left at the operator's defaults are not passed at all.
-    assert set(env_of(docs)) == {"POD_ID", "MODELDEPLOY_GPU_CATALOG"}
+    # Settings left at the operator's defaults are not passed at all; the image policy always
+    # is, so the chart's default and the operator's cannot drift apart unseen.
+    env = env_of(docs)
+    assert set(env) == {"POD_ID", "MODELDEPLOY_GPU_CATALOG", "MODELDEPLOY_ALLOWED_IMAGE_REPOSITORIES"}
+    assert operator_settings(docs) == Settings()
     binding = one(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SA_NAME, "namespace": NAMESPACE}]
     assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
@@ -223,6 +225,151 @@ def test_restricted_security_context(tmp_path: Path) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+
+
+# -- policy, model pods, prefetch progress ------------------------------------------------------
+
+
+def operator_settings(docs: list[Obj]) -> Settings:
+    """The operator's settings from the chart's env (the GPU catalog file is its own test)."""
+    return Settings.from_env({k: v for k, v in env_of(docs).items() if k != "MODELDEPLOY_GPU_CATALOG"})
+
+
+POLICY: Obj = {
+    "policy": {
+        "allowedImageRepositories": [
+            "registry.internal/ml/",
+            "ghcr.io/huggingface/text-generation-inference",
+        ],
+        "allowedPriorityClasses": ["gpu-high"],
+        "allowTolerateAll": True,
+        "allowedTokenSecretNames": ["hf-token"],
+        "admission": {"enabled": True},
+    },
+    "modelPods": {"runAsUser": 1000, "readOnlyRootFilesystem": False},
+}
+
+
+def test_policy_and_model_pod_values_reach_the_operator(tmp_path: Path) -> None:
+    s = operator_settings(render(tmp_path, POLICY))
+    assert s.allowed_image_repositories == (
+        "registry.internal/ml/",
+        "ghcr.io/huggingface/text-generation-inference",
+    )
+    assert s.allowed_priority_classes == ("gpu-high",)
+    assert s.allow_tolerate_all is True
+    assert s.allowed_token_secrets == ("hf-token",)
+    assert s.run_as_user == 1000 and s.read_only_root_filesystem is False
+    # An empty list is passed as such: nothing but the default image.
+    docs = render(tmp_path, {"policy": {"allowedImageRepositories": []}})
+    assert operator_settings(docs).allowed_image_repositories == ()
+
+
+def test_admission_policy_is_optional_and_bound_to_the_watched_namespaces(tmp_path: Path) -> None:
+    kinds_default = kinds(render(tmp_path))
+    assert "ValidatingAdmissionPolicy" not in kinds_default
+    docs = render(tmp_path, {**POLICY, "watchNamespaces": ["team-a", "team-b"]})
+    vap = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == vap["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    selector = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert selector == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+    assert vap["spec"]["failurePolicy"] == "Fail"
+    rules = " ".join(v["expression"] for v in vap["spec"]["validations"])
+    # allowTolerateAll: true leaves the toleration rule out; the lists are the values'.
+    assert "tolerations.all" not in rules
+    variables = {v["name"]: v["expression"] for v in vap["spec"]["variables"]}
+    assert json.loads(variables["priorityClasses"]) == ["gpu-high"]
+    assert json.loads(variables["tokenSecrets"]) == ["hf-token"]
+    cluster_wide = one(
+        render(tmp_path, {"policy": {"admission": {"enabled": True}}}), "ValidatingAdmissionPolicyBinding"
+    )
+    assert "matchResources" not in cluster_wide["spec"]
+
+
+def test_launcher_flags_template_is_current() -> None:
+    from modeldeploy import policy
+
+    committed = (REPO / policy.FLAGS_TEMPLATE).read_text()
+    assert committed == policy.chart_flags_template(), (
+        f"{policy.FLAGS_TEMPLATE} is stale: run hack/render-install.sh"
+    )
+
+
+def test_prefetch_log_reading_is_opt_in_and_scoped(tmp_path: Path) -> None:
+    for values in ({}, {"watchNamespaces": ["team-a"]}):
+        docs = render(tmp_path, values)
+        for role in rbac_docs(docs):
+            assert ("", "pods/log") not in grants(role), role["metadata"]["name"]
+        assert "MODELDEPLOY_PREFETCH_LOG_NAMESPACES" not in env_of(docs)
+    # Cluster-wide: only in the namespaces named; a render without them fails.
+    res = template(tmp_path, {"prefetchProgress": {"fromLogs": True}}, check=False)
+    assert res.returncode != 0 and "needs prefetchProgress.namespaces" in res.stderr, res.stderr
+    docs = render(tmp_path, {"prefetchProgress": {"fromLogs": True, "namespaces": ["ml"]}})
+    assert grants(one(docs, "Role", namespace="ml")) == {("", "pods/log"): {"get"}}
+    assert (
+        one(docs, "RoleBinding", namespace="ml")["roleRef"]["name"]
+        == one(docs, "Role", namespace="ml")["metadata"]["name"]
+    )
+    assert ("", "pods/log") not in grants(one(docs, "ClusterRole"))
+    assert operator_settings(docs).prefetch_log_namespaces == ("ml",)
+    # Namespaced: the watched namespaces unless named.
+    docs = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"], "prefetchProgress": {"fromLogs": True}})
+    assert {
+        d["metadata"]["namespace"]
+        for d in docs
+        if d["kind"] == "Role" and "prefetch-log" in d["metadata"]["name"]
+    } == {"team-a", "team-b"}
+    assert operator_settings(docs).prefetch_log_namespaces == ("team-a", "team-b")
+
+
+UNDER_CHART_RBAC = "test_operator_with_chart_rbac_reconciles_every_example"
+# Every permission the chart grants, with the code that uses it and the test that runs that code
+# under the chart's RBAC (tests/integration/test_helm.py runs the operator as the chart's
+# ServiceAccount) or on the real API server. A grant nobody can point to here is power to drop.
+GRANT_USES: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("modeldeploy.dev", "modeldeployments"): (
+        "handlers.py", "@kopf.on", UNDER_CHART_RBAC),
+    ("modeldeploy.dev", "modeldeployments/status"): (
+        "kube.py", "def apply_status", UNDER_CHART_RBAC),
+    ("apps", "deployments"): ("reconcile.py", '"Deployment"', UNDER_CHART_RBAC),
+    ("", "services"): ("render.py", '"kind": "Service"', UNDER_CHART_RBAC),
+    ("", "persistentvolumeclaims"): (
+        "cache_sync.py", '"PersistentVolumeClaim"', UNDER_CHART_RBAC),
+    ("batch", "jobs"): ("cache_sync.py", '"Job"', UNDER_CHART_RBAC),
+    ("policy", "poddisruptionbudgets"): (
+        "render.py", '"kind": "PodDisruptionBudget"', UNDER_CHART_RBAC),
+    ("autoscaling", "horizontalpodautoscalers"): (
+        "render.py", '"kind": "HorizontalPodAutoscaler"', UNDER_CHART_RBAC),
+    ("keda.sh", "scaledobjects"): (
+        "render.py", '"kind": "ScaledObject"', "test_keda_refused_without_crd_then_rendered_with_it"),
+    ("", "pods"): ("observe.py", '"Pod"', UNDER_CHART_RBAC),
+    ("", "events"): ("kube.py", "def event", UNDER_CHART_RBAC),
+    # Only with prefetchProgress.fromLogs, in the namespaces it names.
+    ("", "pods/log"): ("cache_sync.py", "pod_log_tail", "test_prefetch_progress_is_read_only_where_allowed"),
+    ("", "nodes"): ("observe.py", '"Node"', UNDER_CHART_RBAC),
+    ("storage.k8s.io", "storageclasses"): (
+        "cache_sync.py", '"StorageClass"', UNDER_CHART_RBAC),
+    ("apiextensions.k8s.io", "customresourcedefinitions"): (
+        "handlers.py", "settings.scanning", "test_service_account_permissions"),
+}  # fmt: skip
+
+
+def test_every_grant_is_used_and_none_is_on_secrets(tmp_path: Path) -> None:
+    granted: set[tuple[str, str]] = set()
+    for values in VARIANTS:
+        for role in rbac_docs(render(tmp_path, values)):
+            granted |= {k for k in grants(role) if k[0] != "kopf.dev"}  # kopf's peering: its own test
+    assert not [k for k in granted if k[1].split("/")[0] == "secrets"]
+    assert granted == set(GRANT_USES), "a grant without a use (or a use without a grant)"
+    sources = {p.name: p.read_text() for p in (REPO / "operator" / "modeldeploy").glob("*.py")}
+    tests = "\n".join(p.read_text() for p in (REPO / "tests").rglob("test_*.py"))
+    for key, (module, needle, test) in GRANT_USES.items():
+        assert needle in sources[module], (key, module, needle)
+        assert f"def {test}(" in tests, (key, test)
 
 
 # -- non-default values ------------------------------------------------------------------------
@@ -423,11 +570,14 @@ VARIANTS: list[Obj] = [
     {"watchNamespaces": ["team-a"], "gpuAccounting": {"clusterWide": False}},
     {"replicas": 2, "peering": {"enabled": True}},
     NON_DEFAULT,
+    {**POLICY, "prefetchProgress": {"fromLogs": True, "namespaces": ["ml"]}},
 ]
 
 
 @pytest.mark.parametrize(
-    "values", VARIANTS, ids=["default", "namespaced", "no-gpu-accounting", "peering", "all"]
+    "values",
+    VARIANTS,
+    ids=["default", "namespaced", "no-gpu-accounting", "peering", "all", "policy-and-logs"],
 )
 def test_rbac_has_no_wildcards_and_no_secrets(tmp_path: Path, values: Obj) -> None:
     docs = render(tmp_path, values)

@@ -64,6 +64,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.peering.enabled) }}
 {{- fail (printf "replicas=%d needs peering.enabled=true: without kopf peering every replica reconciles the same ModelDeployments at once. Set peering.enabled=true, or replicas=1." (int .Values.replicas)) }}
 {{- end }}
+{{- if and .Values.prefetchProgress.fromLogs (not .Values.watchNamespaces) (not .Values.prefetchProgress.namespaces) }}
+{{- fail "prefetchProgress.fromLogs in cluster-wide mode needs prefetchProgress.namespaces: the namespaces whose prefetch pod logs the operator may read" }}
+{{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled=true needs metrics.enabled=true (the ServiceMonitor selects the metrics Service)" }}
 {{- end }}
@@ -104,10 +107,6 @@ into the cluster-wide ClusterRole and into each watched namespace's Role.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# The prefetch pod's log: its last progress line goes into status.cache.message.
-- apiGroups: [""]
-  resources: ["pods/log"]
-  verbs: ["get"]
 # Events: posted by the operator and kopf; listed by the weight cache to report why its
 # PersistentVolumeClaim is not bound.
 - apiGroups: [""]
@@ -141,5 +140,12 @@ that its claim's class exists, or that there is a default one).
 {{- if .Values.peering.enabled }}
 - --peering
 - --peering-lifetime={{ int .Values.peering.lifetimeSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces whose prefetch pod logs the operator reads, comma-separated ("" when off). */}}
+{{- define "modeldeploy.prefetchLogNamespaces" -}}
+{{- if .Values.prefetchProgress.fromLogs }}
+{{- join "," (default .Values.watchNamespaces .Values.prefetchProgress.namespaces) }}
 {{- end }}
 {{- end }}
