@@ -11,6 +11,7 @@ references); the periodic resync is a plain loop instead of a timer.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -32,6 +33,12 @@ WORKERS = int(os.environ.get("MODELDEPLOY_WORKERS", "4"))
 
 
 _indices = Indices()
+# Per model, the prober's findings last seen (see on_model_event).
+_verified: dict[tuple[str, str], str] = {}
+
+
+def verification_digest(status_: dict[str, Any]) -> str:
+    return json.dumps([status_.get("runtime"), status_.get("probes")], sort_keys=True, default=str)
 
 
 def reconciler() -> Reconciler:
@@ -261,17 +268,26 @@ def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def on_model_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+def on_model_event(type: str, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
     _ready()
-    # A deleted model may leave a cache nobody uses; deletion needs no finalizer for this.
-    if type == "DELETED" and namespace:
+    if not namespace:
+        return
+    if type == "DELETED":
+        # A deleted model may leave a cache nobody uses; deletion needs no finalizer for this.
         metrics.forget(namespace, name)
         queue().forget((namespace, name))
         reconciler().forget(namespace, name)
+        _verified.pop((namespace, name), None)
         try:
             reconciler().caches.collect_garbage(namespace)
         except Exception as e:
             log.warning("%s: collecting unused caches after %s was deleted failed: %s", namespace, name, e)
+        return
+    # The prober writes its own part of status; Ready follows what it found (status only).
+    found = verification_digest(dict(body.get("status") or {}))
+    if _verified.get((namespace, name), found) != found:
+        queue().add((namespace, name), apply=False)
+    _verified[(namespace, name)] = found
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})

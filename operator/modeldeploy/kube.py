@@ -89,19 +89,21 @@ class Kube:
             return self._has_kind(api_version, kind, refresh)
 
     def _has_kind(self, api_version: str, kind: str, refresh: bool) -> bool:
+        key = (api_version, kind)
+        missing_since = self._missing.get(key)
+        if missing_since is not None and (
+            not refresh or time.monotonic() - missing_since < DISCOVERY_RETRY_SECONDS
+        ):
+            # The client walks every API group again on each lookup of a kind it lacks, so a
+            # kind known to be missing is looked up again only when a pass needs it, and at
+            # most once per retry period.
+            return False
         try:
             self._resource(api_version, kind)
         except ResourceNotFoundError:
-            # A refresh walks every API group: rate-limited, and only for a pass that needs it.
-            key = (api_version, kind)
-            if not refresh or time.monotonic() - self._missing.get(key, -1e9) < DISCOVERY_RETRY_SECONDS:
-                return False
-            self.dyn.resources.invalidate_cache()
-            try:
-                self._resource(api_version, kind)
-            except ResourceNotFoundError:
-                self._missing[key] = time.monotonic()
-                return False
+            self._missing[key] = time.monotonic()
+            return False
+        self._missing.pop(key, None)
         return True
 
     def forget_kind(self, api_version: str, kind: str) -> None:

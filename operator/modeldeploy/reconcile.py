@@ -118,6 +118,8 @@ class Snapshot:
     # Someone (an older operator version) wrote status by update: see Kube.take_over_status.
     status_updated_by_others: bool = False
     prior_raw: Obj = field(default_factory=dict)  # status as read, for the take-over's deletions
+    # The whole status as read, the prober's part included (what the Ready gate reads).
+    full_status: Obj = field(default_factory=dict)
     facts_error: str = ""  # why the model's config could not be read (if it could not)
 
     @property
@@ -285,6 +287,7 @@ class Reconciler:
             error=None,
             status_updated_by_others=any(updates_status(m) for m in meta.get("managedFields") or []),
             prior_raw=own_status(body.get("status") or {}),
+            full_status=dict(body.get("status") or {}),
         )
         try:
             snap.spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
@@ -550,6 +553,9 @@ class Reconciler:
             blocked=blocked,
             cache=planned.verdict if planned is not None else None,
             pod_events=tuple(pod_events),
+            gate=status.verification_gate(snap.full_status, spec, snap.generation)
+            if spec is not None and error is None
+            else None,
         )
         # This generation was applied, or refused with a reason; anything else leaves the
         # last applied generation standing.

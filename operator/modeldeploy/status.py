@@ -55,6 +55,9 @@ class Observed:
     cache: CacheVerdict | None = None
     # Warning Events of the model's pods (read only while a scheduled pod has not started).
     pod_events: tuple[Obj, ...] = ()
+    # What the prober found that holds Ready at False (see verification_gate): the pods are up,
+    # but the model they serve is not the one asked for, or a gated probe fails.
+    gate: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,8 @@ def compute(
         elif fatal is not None:
             # The pods say so before the Deployment's ready count catches up.
             conds.append(_cond("Ready", "False", fatal.reason, f"{counts}; {fatal.message}"))
+        elif ready >= desired > 0 and observed.gate is not None:
+            conds.append(_cond("Ready", "False", observed.gate[0], f"{counts}; {observed.gate[1]}"))
         elif ready >= desired > 0:
             conds.append(_cond("Ready", "True", "Available", f"{counts}; serving at {endpoint}"))
         elif problems:

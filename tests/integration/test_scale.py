@@ -66,7 +66,7 @@ def test_no_op_passes_make_no_request_and_an_idle_operator_writes_nothing(
 
     try:
         cluster.wait("a window without requests for the namespace", converged, timeout=120)
-    except AssertionError as e:
+    except TimeoutError as e:
         raise AssertionError(f"requests in each window: {[by_verb_and_resource(w) for w in seen]}") from e
     # Idle: no write anywhere (cluster-scoped objects included), window after window.
     writes = quiet_window(cluster, audit, lambda r: r.write and r.namespace in (namespace, ""))
