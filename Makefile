@@ -7,7 +7,7 @@ STATE ?= .modeldeploy/demo
 # package; the demo, the benchmark, `make down` and the tests import them from here.
 export PYTHONPATH := $(CURDIR)/devtools$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup controlplane kstatus-check demo demo-gitops down test lint unit crd bench
+.PHONY: setup controlplane kstatus-check demo demo-gitops down test drills lint unit crd bench
 
 $(VENV)/.installed: pyproject.toml
 	@echo "[setup] creating $(VENV) and installing modeldeploy with its dev tools"
@@ -44,8 +44,15 @@ lint: setup
 unit: setup kstatus-check
 	$(VENV)/bin/pytest tests/unit
 
+# The drills (tests/drills, docs/drills.md) kill, restart and peer operators of their own, so they
+# run in a pytest invocation of their own, beside a control plane of their own: the short form here.
 test: setup controlplane lint
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests --ignore=tests/drills
+	$(VENV)/bin/pytest tests/drills
+
+# The long form: 100 models in the crash drill, 1,000 generated specs in the hostile-input drill.
+drills: setup controlplane
+	MODELDEPLOY_DRILLS=long $(VENV)/bin/pytest tests/drills
 
 crd: setup controlplane
 	$(VENV)/bin/modeldeploy crd > crds/modeldeploy.dev_modeldeployments.yaml

@@ -32,6 +32,28 @@ H100 = {"gpus": 1, "gpuType": "nvidia-h100-80gb"}
 UNHANDLED = re.compile(r"Traceback \(most recent call last\)|Unhandled exception|pass for \S+ raised")
 
 
+# A pass that failed because the API server could not be reached (reconcile.py logs the first
+# failure of a model in full, with its traceback, then one line per retry).
+TRANSIENT = re.compile(
+    r": pass failed: (MaxRetryError|ProtocolError|NewConnectionError|ReadTimeoutError|ConnectionResetError|"
+    r"ConnectionRefusedError|RemoteDisconnected|TimeoutError|SSLError)"
+)
+_TRACEBACK_PART = re.compile(
+    r"^(Traceback |  |The above exception|During handling|[\w.]+(Error|Exception)\b|$)"
+)
+
+
+def _with_context(text: str) -> Iterator[tuple[str, str]]:
+    """Each line with the log line its traceback belongs to ('' outside a traceback)."""
+    context = ""
+    for ln in text.splitlines():
+        if _TRACEBACK_PART.match(ln):
+            yield ln, context
+        else:
+            context = ln
+            yield ln, ""
+
+
 def size(short: int, long: int) -> int:
     return long if LONG else short
 
@@ -130,9 +152,19 @@ class Operator:
             f.seek(since)
             return f.read().decode(errors="replace")
 
-    def unhandled(self, since: int = 0) -> list[str]:
-        """Lines of the log (from `since`) that show an error nobody handled."""
-        return [ln for ln in self.text(since).splitlines() if UNHANDLED.search(ln)]
+    def unhandled(self, since: int = 0, transient_ok: bool = False) -> list[str]:
+        """Lines of the log (from `since`) that show an error nobody handled. With `transient_ok`,
+        the traceback a pass logs once per model for a connection error (the API server away: the
+        pass is retried with backoff) does not count; the drill counts those with `transient`."""
+        out = []
+        for ln, context in _with_context(self.text(since)):
+            if UNHANDLED.search(ln) and not (transient_ok and TRANSIENT.search(context)):
+                out.append(f"{ln} (after: {context[:200]})" if context else ln)
+        return out
+
+    def transient(self, since: int = 0) -> int:
+        """Passes that failed on a connection error and were logged with their traceback."""
+        return sum(1 for ln in self.text(since).splitlines() if TRANSIENT.search(ln))
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:

@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from tests.conftest import Cluster
 from tests.drills.kit import (
     Obj,
@@ -23,6 +25,10 @@ from tests.drills.kit import (
     subset_diff,
     wait_all_converged,
 )
+
+# The long form runs longer than the suite's 10-minute limit per test.
+pytestmark = pytest.mark.timeout(1800)
+
 
 NAME_LABEL = "modeldeploy.dev/name"
 CHILD_KINDS = {"deployment": "Deployment", "service": "Service", "poddisruptionbudget": "PodDisruptionBudget"}

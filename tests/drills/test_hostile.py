@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
@@ -28,6 +29,9 @@ from modeldeploy.status import RUNTIME_STALLED
 from tests.conftest import Cluster, condition
 from tests.drills import specgen
 from tests.drills.kit import Obj, Operators, Report, api_client, mdep, size, wait_all_converged
+
+# The long form runs longer than the suite's 10-minute limit per test.
+pytestmark = pytest.mark.timeout(1800)
 
 GROUP, VERSION, PLURAL = "modeldeploy.dev", "v1alpha1", "modeldeployments"
 RESYNC = 5.0
@@ -55,6 +59,7 @@ def verdict(obj: Obj, deployments: dict[str, Obj]) -> str | None:
 def test_hostile(
     cluster: Cluster, namespace: str, operators: Operators, gpu_pool: int, report: Report
 ) -> None:
+
     ns = namespace
     canary_ns = f"{ns}-canary"
     cluster.kubectl("create", "namespace", canary_ns)

@@ -70,7 +70,8 @@ def test_restarts(
         op.assert_alive()
         assert op.pid == pid and op.starts == 1, "the operator was restarted"
         text = op.text(mark)
-        unhandled = op.unhandled(mark)
+        unhandled = op.unhandled(mark, transient_ok=True)
+        report.figure(f"{component}: passes failed on the dropped connection (retried)", op.transient(mark))
         report.figure(f"{component}: operator log lines while it happened", len(text.splitlines()))
         report.figure(f"{component}: unhandled errors in the operator's log", len(unhandled))
         assert not unhandled, "\n".join(unhandled[:20])
