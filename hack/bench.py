@@ -201,11 +201,10 @@ def ready_model(m: dict[str, Any]) -> bool:
 
 
 def settled_model(m: dict[str, Any]) -> bool:
-    """Ready, and no rollout going on (Reconciling False)."""
+    """Ready, and no rollout going on (no Reconciling=True)."""
     conditions = (m.get("status") or {}).get("conditions") or []
-    return ready_model(m) and any(
-        c.get("type") == "Reconciling" and c.get("status") == "False" for c in conditions
-    )
+    rolling = any(c.get("type") == "Reconciling" and c.get("status") == "True" for c in conditions)
+    return ready_model(m) and not rolling
 
 
 async def wait_counts(

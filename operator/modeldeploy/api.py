@@ -369,7 +369,11 @@ class Engine(Model):
     extra_args: Annotated[
         list[Annotated[str, Field(max_length=1024, pattern=NO_CONTROL_CHARACTERS)]],
         Field(
-            max_length=64, description="Other TGI launcher flags; unknown or typed-field flags are refused."
+            max_length=64,
+            description=(
+                "Other TGI launcher flags: only those safe for any namespace user (docs/security.md); "
+                "unknown, typed-field, credential, egress, path and port flags are refused."
+            ),
         ),
     ] = []
     startup_timeout_seconds: Annotated[

@@ -58,12 +58,17 @@ def render_file(path: str, settings: Settings) -> str:
     return render.to_yaml(out)
 
 
-def model_source(kube: Any, namespaces: list[str]) -> Callable[[], list[dict[str, Any]]]:
-    """The prober's models: one list call (per watched namespace) each time it is called, which
-    the prober does at most once per tick."""
+def model_source(
+    kube: Any, namespaces: list[str], active: Callable[[], bool] = lambda: True
+) -> Callable[[], list[dict[str, Any]]]:
+    """The prober's models, read at most once per tick: beside the reconcile, from its
+    watch-fed indices (no request); alone (--prober=only), one list call per watched namespace.
+    A standby replica (kopf peering) probes nothing: the active one does."""
     from modeldeploy import GROUP, VERSION
 
     def models() -> list[dict[str, Any]]:
+        if not active():
+            return []
         if not namespaces:
             return list(kube.list(f"{GROUP}/{VERSION}", KIND, None))
         return [m for ns in namespaces for m in kube.list(f"{GROUP}/{VERSION}", KIND, ns)]
@@ -71,14 +76,21 @@ def model_source(kube: Any, namespaces: list[str]) -> Callable[[], list[dict[str
     return models
 
 
-def start_prober(namespaces: list[str]) -> Any:
+def start_prober(namespaces: list[str], beside_reconcile: bool = False) -> Any:
     from modeldeploy.kube import Kube
     from modeldeploy.prober import Prober
     from modeldeploy.probes import ProberSettings
 
     settings = ProberSettings.from_env()
-    kube = Kube()
-    prober = Prober(kube, model_source(kube, namespaces), settings)
+    if beside_reconcile:
+        from modeldeploy import handlers
+
+        kube = handlers.reconciler().kube
+        source = model_source(kube, namespaces, handlers.acting)
+    else:
+        kube = Kube()
+        source = model_source(kube, namespaces)
+    prober = Prober(kube, source, settings)
     prober.start()
     return prober
 
@@ -160,7 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("modeldeploy").setLevel(args.log_level.upper())
     # The runtime checks and probes run beside the reconcile, in a thread of their own.
-    prober = start_prober(namespaces) if prober_enabled(args.prober, os.environ) else None
+    enabled = prober_enabled(args.prober, os.environ)
+    prober = start_prober(namespaces, beside_reconcile=True) if enabled else None
     try:
         _run_kopf(kopf, args, namespaces, identity, priority)
     finally:

@@ -53,8 +53,13 @@ def reconciler() -> Reconciler:
 _queue_lock = threading.Lock()
 
 
+def acting() -> bool:
+    """False on a standby replica (kopf peering): the active one does the work."""
+    return not _state.get("peering") or bool(_state.get("active", False))
+
+
 def _work(key: tuple[str, str], apply: bool) -> bool:
-    if _state.get("peering") and not _state.get("active", False):
+    if not acting():
         return False  # a standby runs no passes, retries included: the active replica does
     return reconciler().reconcile(key[0], key[1], apply=apply)
 

@@ -41,6 +41,7 @@ NAMESPACED_GRANTS: dict[tuple[str, str], set[str]] = {
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
+    ("", "configmaps"): {"get"},
     ("", "events"): {"create", "patch", "list"},
 }
 CLUSTER_GRANTS: dict[tuple[str, str], set[str]] = {
@@ -181,6 +182,7 @@ def test_default_render(tmp_path: Path) -> None:
         "--metrics-port=8081",
         "--log-format=plain",
         "--log-level=info",
+        "--prober=auto",
     ]
     assert c["ports"] == [
         {"name": "http", "containerPort": 8080, "protocol": "TCP"},
@@ -348,6 +350,8 @@ GRANT_USES: dict[tuple[str, str], tuple[str, str, str]] = {
         "render.py", '"kind": "ScaledObject"', "test_keda_refused_without_crd_then_rendered_with_it"),
     ("", "pods"): ("observe.py", '"Pod"', UNDER_CHART_RBAC),
     ("", "events"): ("kube.py", "def event", UNDER_CHART_RBAC),
+    # Shared probe sets (spec.probes.configMapRef).
+    ("", "configmaps"): ("prober.py", '"ConfigMap"', "test_runtime_facts_and_probes_with_a_shared_set"),
     # Only with prefetchProgress.fromLogs, in the namespaces it names.
     ("", "pods/log"): ("cache_sync.py", "pod_log_tail", "test_prefetch_progress_is_read_only_where_allowed"),
     ("", "nodes"): ("observe.py", '"Node"', UNDER_CHART_RBAC),
@@ -678,3 +682,11 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
     ]
     for src in copied:
         assert f"!{src}" in rules, f"{src} is copied but excluded by .dockerignore"
+
+
+def test_probe_settings_reach_the_operator(tmp_path: Path) -> None:
+    docs = render(tmp_path, {"probes": {"mode": "off", "concurrency": 8, "minIntervalSeconds": 30}})
+    assert "--prober=off" in container(docs)["args"]
+    env = env_of(docs)
+    assert env["MODELDEPLOY_PROBE_CONCURRENCY"] == "8"
+    assert env["MODELDEPLOY_PROBE_MIN_INTERVAL_SECONDS"] == "30"

@@ -107,6 +107,11 @@ into the cluster-wide ClusterRole and into each watched namespace's Role.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# ConfigMaps: read (one by name, per probe run) for probe sets a policy team shares
+# between models (spec.probes.configMapRef).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
 # Events: posted by the operator and kopf; listed by the weight cache to report why its
 # PersistentVolumeClaim is not bound.
 - apiGroups: [""]
@@ -134,6 +139,7 @@ that its claim's class exists, or that there is a default one).
 - --metrics-port=8081
 - --log-format={{ .Values.logFormat }}
 - --log-level={{ .Values.logLevel }}
+- --prober={{ .Values.probes.mode }}
 {{- range .Values.watchNamespaces }}
 - --namespace={{ . }}
 {{- end }}
