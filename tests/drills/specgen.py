@@ -245,7 +245,7 @@ def specs() -> S:
     schema = spec_schema()
     # The spec itself is always an object: a wrong type there proves little, once.
     valid, mixed = _fitting(schema, "spec", hostile=False), _fitting(schema, "spec", hostile=True)
-    return st.one_of(valid, valid, mixed, mixed, mixed, HOSTILE)
+    return st.one_of(*[valid] * 3, *[mixed] * 4, HOSTILE)
 
 
 HOSTILE_NAMES = [
@@ -263,4 +263,4 @@ HOSTILE_NAMES = [
 
 def names() -> S:
     """None: a fresh valid name (the drill numbers them); or a hostile one."""
-    return st.one_of(*[st.none()] * 7, st.sampled_from(HOSTILE_NAMES))
+    return st.one_of(*[st.none()] * 15, st.sampled_from(HOSTILE_NAMES))
