@@ -33,6 +33,9 @@ WORKERS = int(os.environ.get("MODELDEPLOY_WORKERS", "4"))
 
 
 _indices = Indices()
+_audit_due = threading.Event()
+# The indices are audited this often anyway (nodes and autoscalers have no handler to tell).
+AUDIT_SECONDS = float(os.environ.get("MODELDEPLOY_INDEX_AUDIT_SECONDS", "600"))
 # Per model, the prober's findings last seen (see on_model_event).
 _verified: dict[tuple[str, str], str] = {}
 
@@ -125,7 +128,11 @@ kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=_named, id="m
 kopf.index("v1", "pods", when=_ours, id="md_pods")(_index)
 kopf.index("v1", "persistentvolumeclaims", labels=_cached, id="md_pvcs")(_index)
 kopf.index("batch", "v1", "jobs", labels=_cached, id="md_jobs")(_index)
-kopf.index("v1", "nodes", id="md_nodes")(_index)
+
+
+@kopf.index("v1", "nodes", id="md_nodes")
+def _nodes(body: kopf.Body, **_: Any) -> dict[watchcache.Key, Any]:
+    return watchcache.node_keys(body)
 
 
 @kopf.index("v1", "pods", id=watchcache.GPU_PODS)
@@ -133,8 +140,12 @@ def _gpu_pods(body: kopf.Body, **_: Any) -> dict[watchcache.Key, Any]:
     return watchcache.gpu_pod_keys(body)
 
 
-def _ready() -> None:
+def _ready(event_type: str | None = "") -> None:
     # kopf calls no handler before every index holds its first full listing.
+    if event_type is None and _indices.ready:
+        # A listing again (a watch kopf could not resume): the indices may hold objects
+        # deleted in the gap. The resync loop audits them.
+        _audit_due.set()
     _indices.mark_ready()
 
 
@@ -206,13 +217,27 @@ def _resync(rec: Reconciler, scopes: list[str | None]) -> None:
                 log.warning("%s: collecting unused caches failed: %s", ns, e)
 
 
+def _audit(rec: Reconciler, scopes: list[str | None]) -> None:
+    kube = rec.kube
+    if not isinstance(kube, CachedKube):
+        return
+    try:
+        gone = _indices.audit(kube.live(), scopes)
+    except Exception as e:
+        log.warning("auditing the watch-fed indices failed: %s", e)
+        _audit_due.set()  # again at the next tick
+        return
+    if gone:
+        log.info("%d objects in the watch-fed indices were deleted while a watch was away: hidden", gone)
+
+
 def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
     """The periodic resync, and under peering this replica's role, checked more often than the
     resync runs so the log and the modeldeploy_active gauge follow a takeover within seconds."""
     period = rec.settings.resync_seconds
     tick = min(period, peering.ROLE_CHECK_SECONDS)
     role: bool | None = None
-    last_resync = time.monotonic()
+    last_resync = last_audit = time.monotonic()
     while True:
         try:
             now_active = _active(rec, scopes)
@@ -221,9 +246,17 @@ def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
             now_active = False
         if now_active != role and _state.get("peering"):
             log.info("active" if now_active else "standby: a live peer has the same or a higher priority")
+            if now_active:
+                # Another replica (maybe another version) worked meanwhile.
+                rec.reset_memory()
+        became_active = bool(now_active and role is False)
         role = now_active
         _state["active"] = role
         metrics.ACTIVE.set(int(role))
+        if role and (became_active or _audit_due.is_set() or time.monotonic() - last_audit >= AUDIT_SECONDS):
+            _audit_due.clear()
+            last_audit = time.monotonic()
+            _audit(rec, scopes)
         if time.monotonic() - last_resync >= period:
             last_resync = time.monotonic()
             if role:
@@ -255,8 +288,8 @@ def on_model(name: str, namespace: str | None, **_: Any) -> None:
 @kopf.on.event("apps", "v1", "deployments", labels={render.NAME_LABEL: kopf.PRESENT})
 @kopf.on.event("v1", "services", labels={render.NAME_LABEL: kopf.PRESENT})
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={render.NAME_LABEL: kopf.PRESENT})
-def on_child(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
-    _ready()
+def on_child(meta: kopf.Meta, namespace: str | None, type: str | None, **_: Any) -> None:
+    _ready(type)
     # A child changed (rollout progress, or someone edited it): re-apply and refresh status.
     owner = owner_of(dict(meta))
     if namespace and owner is not None:
@@ -264,8 +297,8 @@ def on_child(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
 
 
 @kopf.on.event("v1", "pods", labels={render.NAME_LABEL: kopf.PRESENT})
-def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
-    _ready()
+def on_pod(labels: kopf.Labels, namespace: str | None, type: str | None, **_: Any) -> None:
+    _ready(type)
     # Pods carry causes (Unschedulable, CrashLoopBackOff ...): refresh status only.
     name = labels.get(render.NAME_LABEL)
     if name and namespace:
@@ -273,8 +306,8 @@ def on_pod(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def on_model_event(type: str, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
-    _ready()
+def on_model_event(type: str | None, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    _ready(type)
     if not namespace:
         return
     if type == "DELETED":
@@ -297,8 +330,8 @@ def on_model_event(type: str, name: str, namespace: str | None, body: kopf.Body,
 
 @kopf.on.event("batch", "v1", "jobs", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})
 @kopf.on.event("v1", "persistentvolumeclaims", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})
-def on_cache(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
-    _ready()
+def on_cache(labels: kopf.Labels, namespace: str | None, type: str | None, **_: Any) -> None:
+    _ready(type)
     # Download progress or a bound volume: refresh every model sharing this cache.
     if not namespace:
         return

@@ -199,7 +199,16 @@ def due(body: Obj, spec: ModelDeploymentSpec, memo: Memo, now: float, settings: 
         return "rollout"
     if has_probes(spec) and now - memo.last_run >= interval(spec, settings):
         return "interval"
+    if held(body) and now - memo.last_run >= settings.min_interval_seconds:
+        # Ready is held on what the prober found: look again (a fixed endpoint, pods
+        # restarted on the right model) whether or not the model declares probes.
+        return "interval"
     return None
+
+
+def held(body: Obj) -> bool:
+    ready = _conditions(body).get("Ready") or {}
+    return ready.get("status") == "False" and ready.get("reason") in GATE_REASONS
 
 
 def backoff(
@@ -273,6 +282,13 @@ class Verdict:
 def evaluate(probe: Probe, output: str) -> Verdict:
     """Whether the output meets the probe's expectation: refusal or not (the heuristic, or the
     probe's refusalRegex), then contains / regex when given."""
+    try:
+        return _evaluate(probe, output)
+    except refusal.PatternTooSlowError as e:
+        return Verdict(False, False, str(e))
+
+
+def _evaluate(probe: Probe, output: str) -> Verdict:
     refused = refusal.is_refusal(output, probe.refusal_regex or None)
     if probe.expect == ProbeExpect.answer and refused:
         return Verdict(False, True, "expected an answer, got a refusal")
@@ -280,7 +296,7 @@ def evaluate(probe: Probe, output: str) -> Verdict:
         return Verdict(False, False, "expected a refusal, got an answer")
     if probe.contains and probe.contains.casefold() not in output.casefold():
         return Verdict(False, refused, f"output does not contain {probe.contains!r}")
-    if probe.regex and re.search(probe.regex, output) is None:
+    if probe.regex and not refusal.user_search(probe.regex, output):
         return Verdict(False, refused, f"output does not match /{probe.regex}/")
     return Verdict(True, refused, "refused as expected" if refused else "answered as expected")
 
@@ -431,6 +447,7 @@ def build_status(prior: Obj, run: RunResult, spec: ModelDeploymentSpec, raw_stat
     """The prober's whole part of status after `run`, from its prior part (server-side apply
     drops what is left out, so what this run did not check is carried over as it was)."""
     runtime = dict(prior.get("runtime") or {})
+    before = dict(runtime)
     if run.info is not None or run.info_error is not None:
         smoke = (
             runtime.get("smoke")
@@ -441,6 +458,11 @@ def build_status(prior: Obj, run: RunResult, spec: ModelDeploymentSpec, raw_stat
         if run.info is not None:
             runtime.update({k: v for k, v in run.info.items() if v not in (None, "")})
         if run.info_error is not None:
+            if before.get("generation") == run.generation:
+                # The last facts of these pods (and when they were read) stand until /info
+                # answers again: a timeout must not release a ModelMismatch hold.
+                kept = {k: v for k, v in before.items() if k not in ("reason", "message", "smoke")}
+                runtime.update(kept)
             runtime.update(reason=run.info_error.reason, message=bounded(run.info_error.message))
         if smoke:
             runtime["smoke"] = smoke

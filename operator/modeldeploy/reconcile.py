@@ -164,6 +164,7 @@ class AppliedMemo:
 
     digest: str
     owned: str
+    uid: str  # the object applied to (one recreated under the same name is another)
 
 
 def config_digest(obj: Obj) -> str:
@@ -194,6 +195,8 @@ class Reconciler:
     _logged: dict[tuple[str, str], str] = field(default_factory=dict)
     # What was last applied per child, to skip an apply that would change nothing.
     _applied: dict[tuple[str, str, str], AppliedMemo] = field(default_factory=dict)
+    # Each model as this operator last wrote its status (see _fresher).
+    _written: dict[tuple[str, str], Obj] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.caches = CacheSync(self.kube, self.settings)
@@ -273,7 +276,7 @@ class Reconciler:
     # -- observe --------------------------------------------------------------------------------
 
     def observe(self, namespace: str, name: str) -> Snapshot | None:
-        body = self.kube.get_model(namespace, name)
+        body = self._fresher(self.kube.get_model(namespace, name))
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         meta = body["metadata"]
@@ -446,7 +449,8 @@ class Reconciler:
                 except (urllib3.exceptions.HTTPError, OSError) as e:  # timeouts, resets
                     raise TransientError(f"{key[0]} {key[1]}: {type(e).__name__}: {e}"[:900]) from e
                 if not dry_run:
-                    memo = AppliedMemo(config_digest(obj), owned_fields(out))
+                    uid = str((out.get("metadata") or {}).get("uid") or "")
+                    memo = AppliedMemo(config_digest(obj), owned_fields(out), uid)
                     self._applied[(key[0], snap.namespace, key[1])] = memo
                 if obj["kind"] == "Deployment" and not dry_run:
                     dep = out
@@ -463,6 +467,7 @@ class Reconciler:
         return (
             memo is not None
             and found is not None
+            and memo.uid == (found.get("metadata") or {}).get("uid")
             and memo.digest == config_digest(obj)
             and memo.owned == owned_fields(found)
         )
@@ -470,8 +475,33 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         """A model is gone: drop what was remembered of it."""
         self._logged.pop((namespace, name), None)
-        for key in [k for k in self._applied if k[1] == namespace and k[2] == name]:
-            del self._applied[key]
+        self._written.pop((namespace, name), None)
+        for key in [k for k in list(self._applied) if k[1] == namespace and k[2] == name]:
+            self._applied.pop(key, None)
+
+    def reset_memory(self) -> None:
+        """Forget what was applied and written (a replica that becomes active again: another
+        replica, maybe another version, worked meanwhile)."""
+        self._applied.clear()
+        self._written.clear()
+
+    def _remember(self, written: Obj) -> None:
+        meta = written.get("metadata") or {}
+        self._written[(meta.get("namespace", ""), meta.get("name", ""))] = written
+
+    def _fresher(self, body: Obj | None) -> Obj | None:
+        """The model as read, or as this operator last wrote its status if that is newer: the
+        watch-fed index may not have seen the last write yet, and a pass that built on the
+        status before it would undo it (observedGeneration back, a refusal cleared)."""
+        if body is None:
+            return None
+        meta = body.get("metadata") or {}
+        written = self._written.get((meta.get("namespace", ""), meta.get("name", "")))
+        if written is None or written["metadata"].get("uid") != meta.get("uid"):
+            return body
+        if _resource_version(written) > _resource_version(body):
+            return written
+        return body
 
     def _hand_over_replicas(self, dep: Obj | None) -> None:
         """Autoscaling on: stop owning the Deployment's replicas without resetting them.
@@ -576,10 +606,16 @@ class Reconciler:
         new_raw = new.model_dump(by_alias=True, exclude_none=True)
         prior_raw = snap.prior.model_dump(by_alias=True, exclude_none=True) if snap.prior else None
         if snap.status_updated_by_others:
-            self.kube.take_over_status(snap.namespace, snap.name, merge_patch_to(snap.prior_raw, new_raw))
-            self.kube.apply_status(snap.namespace, snap.name, new_raw)
+            # A merge patch replaces lists whole: the prober's conditions go in with ours.
+            theirs = [
+                c for c in snap.full_status.get("conditions") or [] if c.get("type") not in OWN_CONDITIONS
+            ]
+            patch = merge_patch_to(snap.prior_raw, new_raw)
+            patch["conditions"] = [*new_raw.get("conditions", []), *theirs]
+            self.kube.take_over_status(snap.namespace, snap.name, patch)
+            self._remember(self.kube.apply_status(snap.namespace, snap.name, new_raw))
         elif new_raw != prior_raw:
-            self.kube.apply_status(snap.namespace, snap.name, new_raw)
+            self._remember(self.kube.apply_status(snap.namespace, snap.name, new_raw))
         for t in status.transitions(snap.prior, new):
             self._event(snap, t)
         metrics.record_conditions(snap.namespace, snap.name, [(c.type, c.status) for c in new.conditions])
@@ -607,6 +643,13 @@ class Reconciler:
             log.exception("%s/%s: pass failed: %s", namespace, name, what)
         else:
             log.warning("%s/%s: %s", namespace, name, what)
+
+
+def _resource_version(obj: Obj) -> int:
+    """etcd's revision behind a resourceVersion: comparable between two reads of one object
+    from the same API server (0 if it is not a number)."""
+    rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(rv) if rv.isdigit() else 0
 
 
 def _gone(e: ApiException | DynamicApiError) -> bool:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import regex
+
 OPENING = 300  # characters of the answer's opening that are searched
 
 _QUOTED = re.compile(
@@ -99,9 +101,29 @@ def matched_language(text: str) -> str | None:
     return None
 
 
+# A user's pattern runs at most this long on one output.
+USER_PATTERN_TIMEOUT_SECONDS = 0.25
+
+
+class PatternTooSlowError(ValueError):
+    """A probe's own regular expression took too long (catastrophic backtracking)."""
+
+
+def user_search(pattern: str, text: str) -> bool:
+    """Search a probe's own regular expression (from a spec or a shared ConfigMap: anyone's).
+    The `regex` engine takes a timeout and releases the GIL while it matches; Python's `re`
+    does neither, so one backtracking pattern would freeze every thread of the operator."""
+    try:
+        return regex.search(pattern, text, timeout=USER_PATTERN_TIMEOUT_SECONDS) is not None
+    except TimeoutError as e:
+        raise PatternTooSlowError(
+            f"/{pattern[:80]}/ took over {USER_PATTERN_TIMEOUT_SECONDS} s on the output: simplify it"
+        ) from e
+
+
 def is_refusal(text: str, custom: str | None = None) -> bool:
     """A refusal by the heuristic, or by `custom` (a regular expression searched in the whole
-    output) when the probe gives one."""
+    output) when the probe gives one. Raises PatternTooSlowError."""
     if custom:
-        return re.search(custom, text) is not None
+        return user_search(custom, text)
     return matched_language(text) is not None

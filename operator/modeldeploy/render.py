@@ -147,6 +147,10 @@ def _env(spec: ModelDeploymentSpec, res: Resolved) -> list[Obj]:
     env: list[Obj] = [{"name": "HF_HOME", "value": tgi.DATA_DIR}, *res.security.env()]
     if res.cache is not None and res.cache.prefetched:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    if spec.model.trust_remote_code:
+        # transformers writes a model's remote code under HF_HOME/modules by default; /data is
+        # read-only once the cache is prefetched, and the root filesystem is read-only too.
+        env.append({"name": "HF_MODULES_CACHE", "value": f"{tgi.TMP_DIR}/modules"})
     ref = spec.model.token_secret_ref
     if ref is not None:
         # Only a reference: the token value never passes through the operator.

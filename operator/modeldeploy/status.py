@@ -365,7 +365,8 @@ def verification_gate(raw_status: Obj, spec: ModelDeploymentSpec, generation: in
     ModelMismatch: TGI's /info names another model id, or a commit other than a pinned revision
     or the one the weight cache was filled from. ProbeFailed: a probe with `gate: true` failed."""
     runtime = raw_status.get("runtime") or {}
-    if runtime.get("generation") == generation and not runtime.get("reason"):
+    if runtime.get("generation") == generation:
+        # Facts kept through an /info failure (runtime.reason) still hold.
         wrong = probes.mismatch(runtime, spec, raw_status)
         if wrong:
             return "ModelMismatch", wrong

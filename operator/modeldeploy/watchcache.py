@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 
@@ -70,7 +70,7 @@ def gpu_pod_keys(body: Mapping[str, Any]) -> dict[Key, Obj]:
         return {}
     meta = body.get("metadata") or {}
     slim: Obj = {
-        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
         "spec": {"nodeName": spec["nodeName"], "containers": spec.get("containers") or []},
     }
     if spec.get("initContainers"):
@@ -107,6 +107,8 @@ class Indices:
         # False when the operator watches only some namespaces: the GPU pods of the others are
         # not in the indices.
         self.cluster_wide = True
+        # uids of objects the indices hold but the API server no longer has (see audit).
+        self._ghosts: set[str] = set()
 
     def attach(self, indices: Mapping[str, Any], cluster_wide: bool) -> None:
         self._indices = indices
@@ -132,7 +134,77 @@ class Indices:
         store = idx.get(key)
         # list() of kopf's store runs in C without releasing the GIL: a consistent copy even
         # while kopf's event loop thread updates the index.
-        return list(store) if store is not None else []
+        found = list(store) if store is not None else []
+        if self._ghosts:
+            found = [o for o in found if _uid(o) not in self._ghosts]
+        return found
+
+    def audit(self, live: Reads, scopes: list[str | None]) -> int:
+        """Find what the indices hold that the API server no longer has, and hide it; returns
+        how many were found. kopf re-lists after a watch it cannot resume (410 Gone, a paused
+        peer resuming) without dropping what the new listing lacks, so an object deleted in
+        that gap would stay in the index for good: a deleted child never re-created, a gone
+        node still planned on. One list per indexed kind (and scope); a candidate missing from
+        it is confirmed by name (it may have been created after the list)."""
+        if not self.ready:
+            return 0
+        found = 0
+        for (api_version, kind), index in INDEX_OF.items():
+            cluster_scoped = kind == "Node"
+            for scope in [None] if cluster_scoped else scopes:
+                live_uids: set[str] = set()
+                for selector in AUDIT_SELECTORS.get(index, ("",)):
+                    live_uids |= {_uid(o) for o in live.list(api_version, kind, scope, selector)}
+                key: Key = ALL if scope is None else ("ns", scope)
+                found += self._hide_gone(live, api_version, kind, index, key, live_uids)
+        if self.cluster_wide:
+            live_uids = {_uid(o) for o in live.list("v1", "Pod", None, field_selector=UNFINISHED_PODS)}
+            found += self._hide_gone(live, "v1", "Pod", GPU_PODS, ALL, live_uids)
+        return found
+
+    def _hide_gone(
+        self, live: Reads, api_version: str, kind: str, index: str, key: Key, live_uids: set[str]
+    ) -> int:
+        found = 0
+        for obj in self.values(index, key) or []:
+            uid = _uid(obj)
+            if not uid or uid in live_uids:
+                continue
+            meta = obj.get("metadata") or {}
+            now = live.get(api_version, kind, meta.get("namespace") or None, str(meta.get("name")))
+            if now is None or _uid(now) != uid:
+                self._ghosts.add(uid)
+                found += 1
+        return found
+
+
+class Reads(Protocol):
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None: ...
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> Objs: ...
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+# The selectors the indices are filtered by (kopf's label filters and `when` in handlers.py).
+AUDIT_SELECTORS: dict[str, tuple[str, ...]] = {
+    "md_deployments": (render.NAME_LABEL,),
+    "md_services": (render.NAME_LABEL,),
+    "md_pdbs": (render.NAME_LABEL,),
+    "md_hpas": (render.NAME_LABEL,),
+    "md_pods": (render.NAME_LABEL, cache.CACHE_KEY_LABEL),
+    "md_pvcs": (cache.CACHE_KEY_LABEL,),
+    "md_jobs": (cache.CACHE_KEY_LABEL,),
+}
 
 
 class CachedKube(Kube):
@@ -193,8 +265,41 @@ class CachedKube(Kube):
         found = self.indices.values(index, key)
         return None if found is None else [o for o in found if matches(o, equal, present)]
 
+    def live(self) -> Reads:
+        """Reads that always go to the API server (for the audit of the indices)."""
+        return _Live(self)
+
     def get_model(self, namespace: str, name: str) -> Obj | None:
         found = self.indices.values("md_models", ("name", namespace, name))
         if found:
             return found[0]
         return super().get_model(namespace, name)
+
+
+class _Live:
+    def __init__(self, kube: CachedKube) -> None:
+        self.kube = kube
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
+        return Kube.get(self.kube, api_version, kind, namespace, name)
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> Objs:
+        return Kube.list(self.kube, api_version, kind, namespace, label_selector, field_selector)
+
+
+def node_keys(body: Mapping[str, Any]) -> dict[Key, Obj]:
+    """A node, reduced to what the GPU accounting reads (its images and conditions are large)."""
+    meta = body.get("metadata") or {}
+    slim: Obj = {
+        "metadata": {"name": meta.get("name"), "uid": meta.get("uid"), "labels": meta.get("labels") or {}},
+        "spec": {"unschedulable": (body.get("spec") or {}).get("unschedulable", False)},
+        "status": {"allocatable": (body.get("status") or {}).get("allocatable") or {}},
+    }
+    return object_keys(slim)

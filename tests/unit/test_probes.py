@@ -347,3 +347,69 @@ def test_reconcile_status_model_ignores_the_probers_keys() -> None:
     full = {"observedGeneration": 1, "runtime": {"generation": 1, "modelId": "x"}, "probes": {"results": []}}
     st = ModelDeploymentStatus.model_validate(full)
     assert "runtime" not in st.model_dump(by_alias=True)
+
+
+def test_a_backtracking_probe_regex_neither_hangs_nor_freezes_other_threads() -> None:
+    """A probe's pattern is anyone's input (a spec, a shared ConfigMap). Python's `re` would
+    hold the GIL for the whole match: every reconcile worker and kopf's loop would stop."""
+    import threading
+
+    bad = Probe.model_validate({"name": "p", "prompt": "q", "expect": "answer", "regex": r"^(a|aa)+$"})
+    spins = 0
+    done = threading.Event()
+
+    def other_thread() -> None:
+        nonlocal spins
+        while not done.is_set():
+            spins += 1
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    try:
+        verdict = probes.evaluate(bad, "a" * 60 + "b")
+    finally:
+        done.set()
+        t.join()
+    assert not verdict.passed
+    assert "simplify it" in verdict.message
+    # The match ran for the whole timeout; a thread that only spins got the GIL meanwhile.
+    assert spins > 1000
+
+
+def test_an_info_failure_keeps_a_model_mismatch_hold() -> None:
+    """One /info timeout must not flip Ready to True while the pods serve the wrong model."""
+    s = spec()
+    wrong = probes.build_status({}, probes.RunResult(2, "T1", info("other/model")), s, {})
+    assert status.verification_gate(wrong, s, 2) is not None
+    down = probes.build_status(
+        wrong, probes.RunResult(2, "T2", None, probes.Failure("Unreachable", "timed out", True)), s, {}
+    )
+    assert down["runtime"]["reason"] == "Unreachable"
+    assert down["runtime"]["modelId"] == "other/model" and down["runtime"]["checkedAt"] == "T1"
+    gate = status.verification_gate(down, s, 2)
+    assert gate is not None and gate[0] == "ModelMismatch"
+    # Facts of an earlier generation's pods are not carried to a new one.
+    fresh = probes.build_status(
+        wrong, probes.RunResult(3, "T3", None, probes.Failure("Unreachable", "timed out", True)), s, {}
+    )
+    assert "modelId" not in fresh["runtime"]
+
+
+def test_a_held_model_without_probes_is_checked_again() -> None:
+    """Ready held on a mismatch: the prober looks again after the interval floor, or a fixed
+    endpoint would never release it."""
+    s = spec()
+    body = {
+        "metadata": {"generation": 2},
+        "status": {
+            "observedGeneration": 2,
+            "readyReplicas": 1,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "ModelMismatch"}],
+        },
+    }
+    settings = probes.ProberSettings(min_interval_seconds=60)
+    memo = probes.Memo(generation=2, last_run=1000.0)
+    assert probes.due(body, s, memo, 1030.0, settings) is None
+    assert probes.due(body, s, memo, 1061.0, settings) == "interval"
+    body["status"]["conditions"] = [{"type": "Ready", "status": "True", "reason": "Available"}]
+    assert probes.due(body, s, memo, 5000.0, settings) is None  # nothing declared, nothing held

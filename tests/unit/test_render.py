@@ -218,3 +218,23 @@ def test_plan_cli_prints_the_shard_table(tmp_path: Path) -> None:
     assert [r[0] for r in rows] == ["1", "2", "4", "8"]
     assert rows[1][-1] == "chosen" and "needs" in rows[0]
     assert "gpus 2, --num-shard 2" in out
+
+
+def test_remote_code_is_written_where_the_pod_can_write(tmp_path: Path) -> None:
+    """transformers writes a model's remote code under HF_HOME/modules: /data is read-only
+    once the weights are prefetched, and so is the root filesystem."""
+    import yaml as _yaml
+
+    from modeldeploy.cli import render_file
+    from modeldeploy.settings import Settings
+
+    f = tmp_path / "m.yaml"
+    f.write_text(_yaml.safe_dump({
+        "apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "m", "namespace": "team"},
+        "spec": {"model": {"id": "org/custom", "trustRemoteCode": True},
+                 "resources": {"gpus": 1, "gpuType": "nvidia-h100-80gb"}},
+    }))  # fmt: skip
+    dep = next(d for d in _yaml.safe_load_all(render_file(str(f), Settings())) if d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HF_MODULES_CACHE"].startswith("/tmp/")

@@ -20,6 +20,8 @@ from modeldeploy.watchcache import (
     parse_selector,
 )
 
+Obj = dict[str, Any]
+
 
 def obj(kind: str, name: str, ns: str = "team", **labels: str) -> dict[str, Any]:
     return {"kind": kind, "metadata": {"name": name, "namespace": ns, "labels": labels}}
@@ -155,3 +157,102 @@ def test_owned_fields_change_when_another_manager_takes_one_of_ours() -> None:
     }
     assert owned_fields(before) != owned_fields(after)
     assert owned_fields(before) == owned_fields(beside)
+
+
+class LiveAPI:
+    """What the API server holds, for the audit's lists and gets."""
+
+    def __init__(self, objs: list[dict[str, Any]]) -> None:
+        self.objs = objs
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
+        for o in self.objs:
+            meta = o["metadata"]
+            if o["kind"] == kind and meta["name"] == name and (meta.get("namespace") or None) == namespace:
+                return o
+        return None
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> list[dict[str, Any]]:
+        return [
+            o for o in self.objs if o["kind"] == kind and namespace in (None, o["metadata"].get("namespace"))
+        ]
+
+
+def with_uid(body: dict[str, Any], uid: str) -> dict[str, Any]:
+    body["metadata"]["uid"] = uid
+    return body
+
+
+def test_audit_hides_objects_deleted_while_a_watch_was_away() -> None:
+    # kopf re-lists after a watch it cannot resume, and keeps what the new listing lacks.
+    gone = with_uid(obj("Service", "m1", **{render.NAME_LABEL: "m1"}), "old")
+    kept = with_uid(obj("Service", "m2", **{render.NAME_LABEL: "m2"}), "u2")
+    # Made after the audit's list was taken: confirmed by name, never hidden.
+    new = with_uid(obj("Service", "m3", **{render.NAME_LABEL: "m3"}), "u3")
+    indices = indices_of(md_services=[gone, kept, new])
+    live = LiveAPI([kept])
+
+    def get_after_list(
+        api_version: str, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        return new if name == "m3" else LiveAPI.get(live, api_version, kind, namespace, name)
+
+    live.get = get_after_list  # type: ignore[method-assign]
+    assert indices.audit(live, ["team"]) == 1
+    kube = NoAPI(indices)
+    assert kube.list("v1", "Service", "team", f"{render.NAME_LABEL}=m2") == [kept]
+    assert kube.list("v1", "Service", "team", f"{render.NAME_LABEL}=m3") == [new]
+    # The ghost is hidden: a read of m1 goes to the API server (and a pass re-creates it).
+    assert kube.list("v1", "Service", "team", f"{render.NAME_LABEL}=m1") == []
+    with pytest.raises(AssertionError, match="went to the API server"):
+        kube.get("v1", "Service", "team", "m1")
+
+
+def test_a_name_taken_again_by_another_object_is_the_new_one() -> None:
+    old = with_uid(obj("Service", "m1", **{render.NAME_LABEL: "m1"}), "old")
+    successor = with_uid(obj("Service", "m1", **{render.NAME_LABEL: "m1"}), "new")
+    indices = indices_of(md_services=[old, successor])
+    assert indices.audit(LiveAPI([successor]), ["team"]) == 1
+    assert NoAPI(indices).get("v1", "Service", "team", "m1") == successor
+
+
+def test_nodes_are_indexed_with_only_what_the_accounting_reads() -> None:
+    from modeldeploy.watchcache import node_keys
+
+    node = {
+        "metadata": {"name": "n1", "uid": "u", "labels": {"nvidia.com/gpu.product": "L4"}},
+        "spec": {"unschedulable": True},
+        "status": {"allocatable": {render.GPU_RESOURCE: "1"}, "images": [{"names": ["x"] * 100}]},
+    }
+    (slim,) = {id(v): v for v in node_keys(node).values()}.values()
+    assert slim["status"] == {"allocatable": {render.GPU_RESOURCE: "1"}}
+    assert slim["spec"] == {"unschedulable": True}
+    assert slim["metadata"]["labels"] == {"nvidia.com/gpu.product": "L4"}
+
+
+def test_a_pass_builds_on_the_status_it_wrote_when_the_index_lags() -> None:
+    """The index may not have seen this operator's last status write yet: a pass building on
+    the status before it would set observedGeneration back, or clear a refusal."""
+    from modeldeploy.reconcile import Reconciler
+    from modeldeploy.settings import Settings
+
+    rec = Reconciler(kube=None, settings=Settings())  # type: ignore[arg-type]
+
+    def model(rv: str, observed: int, uid: str = "u1") -> Obj:
+        meta = {"name": "m", "namespace": "team", "uid": uid, "resourceVersion": rv, "generation": 2}
+        return {"metadata": meta, "status": {"observedGeneration": observed}}
+
+    written = model("120", 2)
+    rec._remember(written)
+    assert rec._fresher(model("118", 1)) is written  # the index lags: the write is newer
+    newer = model("125", 2)
+    assert rec._fresher(newer) is newer  # the index caught up (and maybe the prober wrote)
+    other = model("90", 0, uid="u2")
+    assert rec._fresher(other) is other  # a model re-created under the same name
