@@ -172,6 +172,12 @@ SAMPLES: dict[str, S] = {
 ALWAYS = {"spec": ("model",), "spec.model": ("id",)}
 
 
+def weighted(*choices: tuple[S, int]) -> S:
+    """One of the strategies, each drawn with its weight (one_of treats repeats as one)."""
+    pool = [s for s, w in choices for _ in range(w)]
+    return st.integers(min_value=0, max_value=len(pool) - 1).flatmap(lambda i: pool[i])
+
+
 def spec_schema() -> dict[str, Any]:
     crd = yaml.safe_load(CRD.read_text())
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
@@ -196,7 +202,7 @@ def fitting(schema: dict[str, Any], path: str, hostile: bool) -> S:
     valid = _fitting(schema, path, hostile)
     if not hostile:
         return valid
-    return st.one_of(*[valid] * 7, HOSTILE)  # about one in eight replaced
+    return weighted((valid, 7), (HOSTILE, 1))  # one in eight replaced
 
 
 def _fitting(schema: dict[str, Any], path: str, hostile: bool) -> S:
@@ -245,7 +251,7 @@ def specs() -> S:
     schema = spec_schema()
     # The spec itself is always an object: a wrong type there proves little, once.
     valid, mixed = _fitting(schema, "spec", hostile=False), _fitting(schema, "spec", hostile=True)
-    return st.one_of(*[valid] * 3, *[mixed] * 4, HOSTILE)
+    return weighted((valid, 3), (mixed, 4), (HOSTILE, 1))
 
 
 HOSTILE_NAMES = [
@@ -263,4 +269,4 @@ HOSTILE_NAMES = [
 
 def names() -> S:
     """None: a fresh valid name (the drill numbers them); or a hostile one."""
-    return st.one_of(*[st.none()] * 15, st.sampled_from(HOSTILE_NAMES))
+    return weighted((st.none(), 15), (st.sampled_from(HOSTILE_NAMES), 1))
