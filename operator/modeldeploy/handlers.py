@@ -36,7 +36,8 @@ _indices = Indices()
 _audit_due = threading.Event()
 # The indices are audited this often anyway (nodes and autoscalers have no handler to tell).
 AUDIT_SECONDS = float(os.environ.get("MODELDEPLOY_INDEX_AUDIT_SECONDS", "600"))
-# Per model, the prober's findings last seen (see on_model_event).
+# Per model, the generation and the prober's findings last seen (see on_model_event).
+_generations: dict[tuple[str, str], int] = {}
 _verified: dict[tuple[str, str], str] = {}
 
 
@@ -47,7 +48,7 @@ def verification_digest(status_: dict[str, Any]) -> str:
 def reconciler() -> Reconciler:
     rec = _state.get("reconciler")
     if rec is None:
-        rec = Reconciler(CachedKube(_indices), Settings.from_env())
+        rec = Reconciler(CachedKube(_indices), Settings.from_env(), events_in_background=True)
         _state["reconciler"] = rec
     assert isinstance(rec, Reconciler)
     return rec
@@ -275,16 +276,6 @@ def cleanup(**_: Any) -> None:
         q.stop()
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-def on_model(name: str, namespace: str | None, **_: Any) -> None:
-    _ready()
-    if namespace:
-        # A new generation is a new reason to try: it runs now, whatever the backoff.
-        queue().add((namespace, name), reset=True)
-
-
 @kopf.on.event("apps", "v1", "deployments", labels={render.NAME_LABEL: kopf.PRESENT})
 @kopf.on.event("v1", "services", labels={render.NAME_LABEL: kopf.PRESENT})
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={render.NAME_LABEL: kopf.PRESENT})
@@ -316,16 +307,25 @@ def on_model_event(type: str | None, name: str, namespace: str | None, body: kop
         queue().forget((namespace, name))
         reconciler().forget(namespace, name)
         _verified.pop((namespace, name), None)
+        _generations.pop((namespace, name), None)
         try:
             reconciler().caches.collect_garbage(namespace)
         except Exception as e:
             log.warning("%s: collecting unused caches after %s was deleted failed: %s", namespace, name, e)
         return
+    key = (namespace, name)
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    if _generations.get(key) != generation:
+        # New, listed at start, or a new generation: a new reason to try, which runs now
+        # whatever the backoff. (Not kopf's change handlers: they would write a diff-base
+        # annotation on every model and every change.)
+        _generations[key] = generation
+        queue().add(key, reset=True)
     # The prober writes its own part of status; Ready follows what it found (status only).
     found = verification_digest(dict(body.get("status") or {}))
-    if _verified.get((namespace, name), found) != found:
-        queue().add((namespace, name), apply=False)
-    _verified[(namespace, name)] = found
+    if _verified.get(key, found) != found:
+        queue().add(key, apply=False)
+    _verified[key] = found
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={cache.CACHE_KEY_LABEL: kopf.PRESENT})

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -197,8 +198,13 @@ class Reconciler:
     _applied: dict[tuple[str, str, str], AppliedMemo] = field(default_factory=dict)
     # Each model as this operator last wrote its status (see _fresher).
     _written: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    # Post Events from a thread of their own (the operator) rather than in the pass (tests).
+    events_in_background: bool = False
+    _event_poster: ThreadPoolExecutor | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        if self.events_in_background:
+            self._event_poster = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modeldeploy-events")
         self.caches = CacheSync(self.kube, self.settings)
         self.hub = HubFacts(self.settings.hf_endpoint or DEFAULT_HUB)
 
@@ -625,10 +631,16 @@ class Reconciler:
 
     def _event(self, snap: Snapshot, t: status.Transition) -> None:
         owner = {"metadata": {"name": snap.name, "namespace": snap.namespace, "uid": snap.uid}}
+        args = (owner, "Warning" if t.warning else "Normal", t.reason, f"{t.type}={t.status}: {t.message}")
+        if self._event_poster is not None:
+            # Best effort, in order, off the worker: the next model need not wait for it.
+            self._event_poster.submit(self._post, snap, args)
+        else:
+            self._post(snap, args)
+
+    def _post(self, snap: Snapshot, args: tuple[Obj, str, str, str]) -> None:
         try:
-            self.kube.event(
-                owner, "Warning" if t.warning else "Normal", t.reason, f"{t.type}={t.status}: {t.message}"
-            )
+            self.kube.event(*args)
         except Exception as e:  # an Event is best effort; never fail a pass over it
             log.warning("%s/%s: could not post an event: %s", snap.namespace, snap.name, str(e)[:200])
 

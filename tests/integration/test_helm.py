@@ -291,7 +291,9 @@ def test_operator_with_chart_rbac_reconciles_every_example(
 
     # kopf's own watch handled them too (the resync loop alone could have made them Ready);
     # its first list may be retried, e.g. while a CRD's storage re-initialises.
-    cluster.wait("kopf on_model handler", lambda: "Handler 'on_model' succeeded" in sa_operator.read_text())
+    cluster.wait(
+        "kopf on_model_event handler", lambda: "Handler 'on_model_event' succeeded" in sa_operator.read_text()
+    )
     log = sa_operator.read_text()
     # "Forbidden" is in every client's 403 report; a bare 403 can be a resourceVersion in debug logs.
     denial = re.compile(r"forbidden|(status|code)\W{0,3}403\b", re.IGNORECASE)

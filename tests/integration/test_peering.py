@@ -24,7 +24,7 @@ RESYNCED = "resync of "  # its debug line for each resync pass it runs
 # entry 5-10 s before it ends; 30 s leaves a loaded machine room for a late keep-alive.
 LIFETIME = 30
 ACTIVE = "modeldeploy_active "  # the gauge's sample line (no labels)
-ON_MODEL = "Handler 'on_model' is invoked"  # kopf's debug line for the ModelDeployment handler
+ON_MODEL = "Handler 'on_model_event' is invoked"  # kopf's debug line for the ModelDeployment event handler
 
 
 @dataclass
