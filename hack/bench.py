@@ -160,20 +160,24 @@ class Api:
             return list((await r.json())["items"])
 
     async def watch(self, kind: str, ns: str, on_event: Any) -> None:
-        """Call on_event(type, object) for every event, from a full listing on, until cancelled."""
-        items = await self.list(kind, ns)
-        for obj in items:
+        """Call on_event(type, object) for every object listed, then every event from that
+        listing's resourceVersion on, until cancelled."""
+        path = f"{self.base}/{PLURALS[kind].format(ns=ns)}"
+        async with self.session.get(path) as r:
+            listing = await r.json()
+        for obj in listing["items"]:
             on_event("ADDED", obj)
-        rv = ""
-        async with self.session.get(f"{self.base}/{PLURALS[kind].format(ns=ns)}") as r:
-            rv = (await r.json())["metadata"]["resourceVersion"]
+        rv = listing["metadata"]["resourceVersion"]
         while True:
-            url = f"{self.base}/{PLURALS[kind].format(ns=ns)}?watch=1&resourceVersion={rv}&timeoutSeconds=300"
+            url = f"{path}?watch=1&resourceVersion={rv}&timeoutSeconds=300&allowWatchBookmarks=true"
             async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as r:
                 async for line in r.content:
                     event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(f"watch {kind}: {event['object']}")
                     rv = event["object"]["metadata"].get("resourceVersion", rv)
-                    on_event(event["type"], event["object"])
+                    if event["type"] != "BOOKMARK":
+                        on_event(event["type"], event["object"])
 
 
 async def bounded(n: int, jobs: list[Any]) -> None:
