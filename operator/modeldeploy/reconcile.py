@@ -224,7 +224,12 @@ class Reconciler:
                 return False
             self._log_failure(namespace, name, f"{e.status} {e.reason}", exc=True)
             outcome = "error"
-        except Exception as e:  # timeouts, connection errors, bugs: never lose the model
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            # The API server away or slow (a restart, a timeout): retried with backoff, and
+            # said in one line (a traceback per model per retry would bury the log).
+            self._log_failure(namespace, name, f"cannot reach the API server: {type(e).__name__}", exc=False)
+            outcome = "error"
+        except Exception as e:  # bugs: never lose the model
             self._log_failure(namespace, name, f"{type(e).__name__}: {e}", exc=True)
             outcome = "error"
         metrics.RECONCILES.labels(outcome).inc()

@@ -74,8 +74,9 @@ class WorkQueue:
         with self._cond:
             if reset:
                 self._failures.pop(key, None)
-            elif self._failures.get(key):
-                return
+            elif self._failures.get(key) and key not in self._processing:
+                return  # waiting in backoff: the retry reads everything afresh
+            # (While its pass runs, an event may postdate what the pass read: keep it.)
             self._mark(key, apply)
 
     def _mark(self, key: Key, apply: bool) -> None:
@@ -136,6 +137,8 @@ class WorkQueue:
                     delay = self.backoff.delay(n, self._rng)
                     self._seq += 1
                     heapq.heappush(self._delayed, (time.monotonic() + delay, self._seq, key, True))
+                    # Events that came in meanwhile wait for the retry: it reads them too.
+                    self._dirty.pop(key, None)
                 elif apply:
                     self._failures.pop(key, None)
                 if key in self._dirty:

@@ -62,3 +62,23 @@ def test_a_refresh_keeps_every_refusal_of_the_current_generation(reason: str) ->
 @pytest.mark.parametrize("reason", ["CrashLoopBackOff", "OOMKilled", "ReplicaFailure", "GatedModel"])
 def test_a_refresh_updates_what_pods_and_caches_do(reason: str) -> None:
     assert not _snap(reason, 2, 2).refused
+
+
+def test_an_api_server_away_is_retried_and_said_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A restart of the API server fails every model's pass for a moment: one line each, no
+    traceback (the drill saw 855 traceback lines for 8 models over a 2.7 s outage)."""
+    import urllib3
+
+    from modeldeploy.settings import Settings
+
+    class Away:
+        def get_model(self, namespace: str, name: str) -> None:
+            raise urllib3.exceptions.MaxRetryError(None, "/apis", "connection refused")  # type: ignore[arg-type]
+
+    rec = Reconciler(kube=Away(), settings=Settings())  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="modeldeploy.reconcile")
+    assert rec.reconcile("ns", "m") is True  # retried with backoff
+    assert rec.reconcile("ns", "m") is True
+    records = [r for r in caplog.records if r.name == "modeldeploy.reconcile"]
+    assert [r.exc_info for r in records] == [None, None]
+    assert "cannot reach the API server" in records[0].getMessage()

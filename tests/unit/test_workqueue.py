@@ -100,3 +100,58 @@ def test_only_a_new_generation_cuts_the_backoff_short() -> None:
         wait_until(lambda: len(attempts) == 2, timeout=5)
     finally:
         q.stop()
+
+
+def test_an_event_during_a_retry_pass_is_not_lost() -> None:
+    """A pod becomes Ready while the retry of a failed pass runs (after it read its snapshot):
+    the pass succeeds on old facts, so the event must give one more pass."""
+    in_retry, release = threading.Event(), threading.Event()
+    attempts: list[bool] = []
+
+    def work(key: Key, apply: bool) -> bool:
+        attempts.append(apply)
+        if len(attempts) == 1:
+            return True  # the API server is away: retry later
+        if len(attempts) == 2:
+            in_retry.set()
+            release.wait(5)
+        return False
+
+    q = WorkQueue(work, workers=1, backoff=Backoff(base=0.05, cap=0.05))
+    q.start()
+    try:
+        q.add(("ns", "m"))
+        assert in_retry.wait(5)
+        q.add(("ns", "m"), apply=False)  # the pod event, during the retry pass
+        release.set()
+        wait_until(lambda: len(attempts) == 3)
+        assert attempts[2] is False  # a status refresh
+    finally:
+        q.stop()
+
+
+def test_an_event_during_a_failing_pass_waits_for_the_backoff() -> None:
+    """The other way round: a pass that fails while events came in retries after its backoff,
+    not at once (a dead API server is not hammered by a stream of pod events)."""
+    started, release = threading.Event(), threading.Event()
+    attempts: list[float] = []
+
+    def work(key: Key, apply: bool) -> bool:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            started.set()
+            release.wait(5)
+        return True  # always failing
+
+    q = WorkQueue(work, workers=1, backoff=Backoff(base=60.0, cap=60.0))
+    q.start()
+    try:
+        q.add(("ns", "m"))
+        assert started.wait(5)
+        q.add(("ns", "m"), apply=False)
+        release.set()
+        wait_until(lambda: q.failures(("ns", "m")) == 1)
+        assert len(attempts) == 1
+        assert q.pending() == 1  # just the delayed retry
+    finally:
+        q.stop()
