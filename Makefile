@@ -35,6 +35,7 @@ demo-gitops: setup controlplane
 down:
 	$(PY) -m mdlocal.localcluster down $(STATE) || true
 	@if [ -f $(STATE)/operator.pid ]; then kill $$(cat $(STATE)/operator.pid) 2>/dev/null || true; rm -f $(STATE)/operator.pid; fi
+	@if [ -f $(STATE)/standins.pid ]; then kill $$(cat $(STATE)/standins.pid) 2>/dev/null || true; rm -f $(STATE)/standins.pid; fi
 
 lint: setup
 	$(VENV)/bin/ruff check operator devtools tests hack
