@@ -34,10 +34,12 @@ WORKERS = int(os.environ.get("MODELDEPLOY_WORKERS", "4"))
 
 _indices = Indices()
 _audit_due = threading.Event()
+# Listing events this soon after the first handler are the first listing's, not a re-list.
+RELIST_GRACE_SECONDS = 60.0
 # The indices are audited this often anyway (nodes and autoscalers have no handler to tell).
 AUDIT_SECONDS = float(os.environ.get("MODELDEPLOY_INDEX_AUDIT_SECONDS", "600"))
 # Per model, the generation and the prober's findings last seen (see on_model_event).
-_generations: dict[tuple[str, str], int] = {}
+_generations: dict[tuple[str, str], tuple[str, int]] = {}
 _verified: dict[tuple[str, str], str] = {}
 
 
@@ -143,7 +145,11 @@ def _gpu_pods(body: kopf.Body, **_: Any) -> dict[watchcache.Key, Any]:
 
 def _ready(event_type: str | None = "") -> None:
     # kopf calls no handler before every index holds its first full listing.
-    if event_type is None and _indices.ready:
+    if (
+        event_type is None
+        and _indices.ready
+        and time.monotonic() - _indices.ready_since > RELIST_GRACE_SECONDS
+    ):
         # A listing again (a watch kopf could not resume): the indices may hold objects
         # deleted in the gap. The resync loop audits them.
         _audit_due.set()
@@ -176,6 +182,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> 
     threading.Thread(
         target=_resync_loop, args=(reconciler(), scopes), name="modeldeploy-resync", daemon=True
     ).start()
+    threading.Thread(
+        target=_audit_loop, args=(reconciler(), scopes), name="modeldeploy-audit", daemon=True
+    ).start()
 
 
 def _active(rec: Reconciler, scopes: list[str | None]) -> bool:
@@ -192,7 +201,7 @@ def _active(rec: Reconciler, scopes: list[str | None]) -> bool:
     return True
 
 
-def _resync(rec: Reconciler, scopes: list[str | None]) -> None:
+def _resync(rec: Reconciler, scopes: list[str | None], collect: bool = True) -> None:
     """Every model back into the queue, and caches nobody uses collected: each step on its own,
     so one failure skips nothing else."""
     for scope in scopes:
@@ -205,6 +214,8 @@ def _resync(rec: Reconciler, scopes: list[str | None]) -> None:
         for body in models:
             meta = body["metadata"]
             queue().add((meta["namespace"], meta["name"]))
+        if not collect:
+            continue
         # Also catches models deleted while the operator was down (no finalizer).
         try:
             pvcs = rec.kube.list("v1", "PersistentVolumeClaim", scope, cache.CACHE_KEY_LABEL)
@@ -218,18 +229,34 @@ def _resync(rec: Reconciler, scopes: list[str | None]) -> None:
                 log.warning("%s: collecting unused caches failed: %s", ns, e)
 
 
-def _audit(rec: Reconciler, scopes: list[str | None]) -> None:
+def _audit(rec: Reconciler, scopes: list[str | None]) -> bool:
+    """One audit of the indices; False if it failed (it is tried again later, not at once)."""
     kube = rec.kube
     if not isinstance(kube, CachedKube):
-        return
+        return True
     try:
         gone = _indices.audit(kube.live(), scopes)
     except Exception as e:
         log.warning("auditing the watch-fed indices failed: %s", e)
-        _audit_due.set()  # again at the next tick
-        return
+        return False
     if gone:
         log.info("%d objects in the watch-fed indices were deleted while a watch was away: hidden", gone)
+        # Their models' passes read the indices afresh (what was hidden may need re-creating).
+        _resync(rec, scopes, collect=False)
+    return True
+
+
+def _audit_loop(rec: Reconciler, scopes: list[str | None]) -> None:
+    """Audits beside the role checks and resyncs (an audit lists whole kinds: it may be slow),
+    when a re-list was seen, when this replica becomes active, and every AUDIT_SECONDS; a
+    failed one again after a minute."""
+    next_at = time.monotonic() + AUDIT_SECONDS
+    while not _stop.is_set():
+        if _audit_due.wait(5.0) or time.monotonic() >= next_at:
+            _audit_due.clear()
+            if acting():
+                ok = _audit(rec, scopes)
+                next_at = time.monotonic() + (AUDIT_SECONDS if ok else min(60.0, AUDIT_SECONDS))
 
 
 def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
@@ -238,7 +265,7 @@ def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
     period = rec.settings.resync_seconds
     tick = min(period, peering.ROLE_CHECK_SECONDS)
     role: bool | None = None
-    last_resync = last_audit = time.monotonic()
+    last_resync = time.monotonic()
     while True:
         try:
             now_active = _active(rec, scopes)
@@ -254,10 +281,11 @@ def _resync_loop(rec: Reconciler, scopes: list[str | None]) -> None:
         role = now_active
         _state["active"] = role
         metrics.ACTIVE.set(int(role))
-        if role and (became_active or _audit_due.is_set() or time.monotonic() - last_audit >= AUDIT_SECONDS):
-            _audit_due.clear()
-            last_audit = time.monotonic()
-            _audit(rec, scopes)
+        if became_active:
+            # Changes made while the other replica was going were not ours to handle: now they
+            # are. And the indices may hold what was deleted while this one's watches were paused.
+            _audit_due.set()
+            last_resync = -period
         if time.monotonic() - last_resync >= period:
             last_resync = time.monotonic()
             if role:
@@ -274,6 +302,9 @@ def cleanup(**_: Any) -> None:
     q = _state.get("queue")
     if isinstance(q, WorkQueue):
         q.stop()
+    rec = _state.get("reconciler")
+    if isinstance(rec, Reconciler):
+        rec.close()
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={render.NAME_LABEL: kopf.PRESENT})
@@ -314,7 +345,10 @@ def on_model_event(type: str | None, name: str, namespace: str | None, body: kop
             log.warning("%s: collecting unused caches after %s was deleted failed: %s", namespace, name, e)
         return
     key = (namespace, name)
-    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    meta = body.get("metadata") or {}
+    # By uid too: a model deleted and made again under its name (its DELETED event missed in
+    # a watch gap) is new, even at the same generation.
+    generation = (str(meta.get("uid") or ""), int(meta.get("generation") or 0))
     if _generations.get(key) != generation:
         # New, listed at start, or a new generation: a new reason to try, which runs now
         # whatever the backoff. (Not kopf's change handlers: they would write a diff-base

@@ -58,6 +58,7 @@ OWN_CONDITIONS = frozenset({"Ready", "Reconciling", "Stalled", "CacheReady"})
 
 DEFAULT_HUB = "https://huggingface.co"
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-autoscaling-handover"
+MAX_PENDING_EVENTS = 1000
 
 
 def spec_error_from_validation(err: ValidationError) -> SpecError:
@@ -201,6 +202,7 @@ class Reconciler:
     # Post Events from a thread of their own (the operator) rather than in the pass (tests).
     events_in_background: bool = False
     _event_poster: ThreadPoolExecutor | None = field(default=None, init=False)
+    _events_pending: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.events_in_background:
@@ -510,8 +512,11 @@ class Reconciler:
         written = self._written.get((meta.get("namespace", ""), meta.get("name", "")))
         if written is None or written["metadata"].get("uid") != meta.get("uid"):
             return body
-        if _resource_version(written) > _resource_version(body):
+        newer_spec = int(meta.get("generation") or 0) > int(written["metadata"].get("generation") or 0)
+        if not newer_spec and _resource_version(written) > _resource_version(body):
             return written
+        # The index has caught up (or holds a newer spec): it is the truth from now on.
+        self._written.pop((meta.get("namespace", ""), meta.get("name", "")), None)
         return body
 
     def _hand_over_replicas(self, dep: Obj | None) -> None:
@@ -638,8 +643,17 @@ class Reconciler:
         owner = {"metadata": {"name": snap.name, "namespace": snap.namespace, "uid": snap.uid}}
         args = (owner, "Warning" if t.warning else "Normal", t.reason, f"{t.type}={t.status}: {t.message}")
         if self._event_poster is not None:
-            # Best effort, in order, off the worker: the next model need not wait for it.
-            self._event_poster.submit(self._post, snap, args)
+            # Best effort, in order, off the worker: the next model need not wait for it. A
+            # backlog (the API server slow to take Events) is bounded: the oldest news goes.
+            if self._events_pending >= MAX_PENDING_EVENTS:
+                log.warning("%s/%s: Event %s not posted: %d waiting", snap.namespace, snap.name, t.reason,
+                            self._events_pending)  # fmt: skip
+                return
+            self._events_pending += 1
+            try:
+                self._event_poster.submit(self._post, snap, args)
+            except RuntimeError:  # shutting down
+                self._events_pending -= 1
         else:
             self._post(snap, args)
 
@@ -648,6 +662,14 @@ class Reconciler:
             self.kube.event(*args)
         except Exception as e:  # an Event is best effort; never fail a pass over it
             log.warning("%s/%s: could not post an event: %s", snap.namespace, snap.name, str(e)[:200])
+        finally:
+            if self._event_poster is not None:
+                self._events_pending -= 1
+
+    def close(self) -> None:
+        """Stop posting Events (at shutdown: what is still waiting is dropped, not waited for)."""
+        if self._event_poster is not None:
+            self._event_poster.shutdown(wait=False, cancel_futures=True)
 
     def _log_failure(self, namespace: str, name: str, what: str, exc: bool) -> None:
         """In full the first time a model fails this way, then one short line per pass."""

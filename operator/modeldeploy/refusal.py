@@ -111,10 +111,11 @@ class PatternTooSlowError(ValueError):
 
 def user_search(pattern: str, text: str) -> bool:
     """Search a probe's own regular expression (from a spec or a shared ConfigMap: anyone's).
-    The `regex` engine takes a timeout and releases the GIL while it matches; Python's `re`
-    does neither, so one backtracking pattern would freeze every thread of the operator."""
+    The `regex` engine takes a timeout and (concurrent=True) releases the GIL while it
+    matches; Python's `re` does neither, so one backtracking pattern would freeze every thread
+    of the operator."""
     try:
-        return regex.search(pattern, text, timeout=USER_PATTERN_TIMEOUT_SECONDS) is not None
+        return regex.search(pattern, text, timeout=USER_PATTERN_TIMEOUT_SECONDS, concurrent=True) is not None
     except TimeoutError as e:
         raise PatternTooSlowError(
             f"/{pattern[:80]}/ took over {USER_PATTERN_TIMEOUT_SECONDS} s on the output: simplify it"

@@ -13,6 +13,7 @@ check), or one this pass just created and whose watch event has not arrived yet.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -107,6 +108,7 @@ class Indices:
         # False when the operator watches only some namespaces: the GPU pods of the others are
         # not in the indices.
         self.cluster_wide = True
+        self.ready_since = 0.0
         # uids of objects the indices hold but the API server no longer has (see audit).
         self._ghosts: set[str] = set()
 
@@ -117,6 +119,7 @@ class Indices:
     def mark_ready(self) -> None:
         """Called from handlers: kopf runs none before every index holds its full listing."""
         if not self._ready.is_set() and self._indices:
+            self.ready_since = time.monotonic()
             self._ready.set()
 
     @property
@@ -191,6 +194,17 @@ class Reads(Protocol):
     ) -> Objs: ...
 
 
+def newest(found: Objs) -> Obj:
+    """Of the objects indexed under one name, the latest: after a re-list an object deleted and
+    made again under its name can sit beside its successor until the audit hides it."""
+
+    def rv(o: Obj) -> int:
+        v = str((o.get("metadata") or {}).get("resourceVersion") or "")
+        return int(v) if v.isdigit() else 0
+
+    return max(found, key=rv)
+
+
 def _uid(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid") or "")
 
@@ -223,7 +237,7 @@ class CachedKube(Kube):
         if index is not None:
             found = self.indices.values(index, ("name", namespace or "", name))
             if found:
-                return found[0]
+                return newest(found)
         self.misses += 1
         return super().get(api_version, kind, namespace, name)
 
@@ -272,7 +286,7 @@ class CachedKube(Kube):
     def get_model(self, namespace: str, name: str) -> Obj | None:
         found = self.indices.values("md_models", ("name", namespace, name))
         if found:
-            return found[0]
+            return newest(found)
         return super().get_model(namespace, name)
 
 

@@ -256,3 +256,27 @@ def test_a_pass_builds_on_the_status_it_wrote_when_the_index_lags() -> None:
     assert rec._fresher(newer) is newer  # the index caught up (and maybe the prober wrote)
     other = model("90", 0, uid="u2")
     assert rec._fresher(other) is other  # a model re-created under the same name
+
+
+def test_before_the_audit_a_name_taken_again_reads_as_its_newest_object() -> None:
+    old = with_uid(obj("Service", "m1", **{render.NAME_LABEL: "m1"}), "old")
+    old["metadata"]["resourceVersion"] = "90"
+    successor = with_uid(obj("Service", "m1", **{render.NAME_LABEL: "m1"}), "new")
+    successor["metadata"]["resourceVersion"] = "120"
+    assert NoAPI(indices_of(md_services=[old, successor])).get("v1", "Service", "team", "m1") == successor
+
+
+def test_a_newer_spec_in_the_index_wins_over_the_status_written() -> None:
+    """resourceVersions are etcd revisions; an etcd restored from a snapshot can take them back.
+    A newer generation in the index is never hidden behind the status this operator wrote."""
+    from modeldeploy.reconcile import Reconciler
+    from modeldeploy.settings import Settings
+
+    rec = Reconciler(kube=None, settings=Settings())  # type: ignore[arg-type]
+    written: Obj = {"metadata": {"name": "m", "namespace": "team", "uid": "u", "resourceVersion": "500",
+                                 "generation": 2}}  # fmt: skip
+    rec._remember(written)
+    edited: Obj = {"metadata": {"name": "m", "namespace": "team", "uid": "u", "resourceVersion": "40",
+                                "generation": 3}}  # fmt: skip
+    assert rec._fresher(edited) is edited
+    assert rec._written == {}  # from now on the index is the truth
