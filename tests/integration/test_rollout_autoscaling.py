@@ -164,8 +164,22 @@ def test_surge_when_a_gpu_is_free_in_place_when_not(cluster: Cluster, namespace:
     cluster.wait(
         "rolled in place", lambda: _strategy(cluster, namespace) == {"maxSurge": 0, "maxUnavailable": 1}
     )
-    obj = wait_ready(cluster, namespace, "gpuroll")
-    assert obj["status"]["updatedReplicas"] == 1
+
+    # The in-place rollout completes: Ready (the old pod may serve while the new one starts, with
+    # Reconciling=True) is not enough; the new template's pod is the one ready at the end.
+    def rolled_out() -> bool:
+        obj = get_model(cluster, namespace, "gpuroll") or {}
+        st = obj.get("status") or {}
+        reconciling = condition(obj, "Reconciling")
+        return (
+            st.get("observedGeneration") == obj["metadata"]["generation"]
+            and st.get("updatedReplicas") == 1
+            and st.get("readyReplicas") == 1
+            and (condition(obj, "Ready") or {}).get("status") == "True"
+            and (reconciling is None or reconciling["status"] != "True")
+        )
+
+    cluster.wait("rolled out in place", rolled_out, timeout=90)
 
 
 def test_rollout_blocked_then_progress_deadline(cluster: Cluster, namespace: str, operator: Any,
