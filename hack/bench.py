@@ -24,8 +24,10 @@ import argparse
 import asyncio
 import collections
 import datetime as dt
+import functools
 import json
 import math
+import operator
 import os
 import platform
 import re
@@ -497,46 +499,34 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ns = [r["n"] for r in results]
+    idle_s = f"idle {results[0]['idle']['seconds']:.0f}s"
+    # (title, [(figure's path in a result, style, label)], (target, its label) or None)
+    panels = [
+        ("Burst: time (s)", [(("burst", "ready_s"), "o-", "operator: all Ready"),
+                             (("burst", "exist_s"), "o--", "operator: all children exist"),
+                             (("floor", "ready_s"), "s-", "floor: all available"),
+                             (("floor", "exist_s"), "s--", "floor: all exist")], None),
+        ("Operator / floor", [(("ratio_ready",), "o-", "all Ready / all available"),
+                              (("ratio_exist",), "o--", "children exist")], (2.0, "target 2.0")),
+        ("Change latency (ms)", [(("change", "p50_ms"), "o-", "p50"), (("change", "p99_ms"), "o-", "p99")],
+         (1000, "target p99 1 s")),
+        ("Operator API requests (audit log)", [(("burst", "requests"), "o-", "burst"),
+                                               (("idle", "requests"), "o-", idle_s),
+                                               (("idle", "writes"), "o--", "idle writes")], None),
+        ("Operator resident memory (MiB)", [(("rss_end_mib",), "o-", "end"),
+                                            (("rss_after_burst_mib",), "o--", "after burst")],
+         (200, "target 200 MiB")),
+        ("Operator CPU seconds", [(("burst", "cpu_s"), "o-", "burst"), (("change", "cpu_s"), "o-", "changes"),
+                                  (("idle", "cpu_s"), "o-", "idle")], None),
+    ]  # fmt: skip
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    ax = axes[0][0]
-    ax.plot(ns, [r["burst"]["ready_s"] for r in results], "o-", label="operator: all Ready")
-    ax.plot(ns, [r["burst"]["exist_s"] for r in results], "o--", label="operator: all children exist")
-    ax.plot(ns, [r["floor"]["ready_s"] for r in results], "s-", label="floor: all available")
-    ax.plot(ns, [r["floor"]["exist_s"] for r in results], "s--", label="floor: all exist")
-    ax.set(title="Burst: time (s)", xlabel="models")
-    ax.legend(fontsize=8)
-    ax = axes[0][1]
-    ax.plot(ns, [r["ratio_ready"] for r in results], "o-", label="all Ready / all available")
-    ax.plot(ns, [r["ratio_exist"] for r in results], "o--", label="children exist")
-    ax.axhline(2.0, color="grey", lw=0.8, ls=":", label="target 2.0")
-    ax.set(title="Operator / floor", xlabel="models")
-    ax.legend(fontsize=8)
-    ax = axes[0][2]
-    ax.plot(ns, [r["change"]["p50_ms"] for r in results], "o-", label="p50")
-    ax.plot(ns, [r["change"]["p99_ms"] for r in results], "o-", label="p99")
-    ax.axhline(1000, color="grey", lw=0.8, ls=":", label="target p99 1 s")
-    ax.set(title="Change latency (ms)", xlabel="models")
-    ax.legend(fontsize=8)
-    ax = axes[1][0]
-    ax.plot(ns, [r["burst"]["requests"] for r in results], "o-", label="burst")
-    ax.plot(
-        ns, [r["idle"]["requests"] for r in results], "o-", label=f"idle {results[0]['idle']['seconds']:.0f}s"
-    )
-    ax.plot(ns, [r["idle"]["writes"] for r in results], "o--", label="idle writes")
-    ax.set(title="Operator API requests (audit log)", xlabel="models")
-    ax.legend(fontsize=8)
-    ax = axes[1][1]
-    ax.plot(ns, [r["rss_end_mib"] for r in results], "o-", label="end")
-    ax.plot(ns, [r["rss_after_burst_mib"] for r in results], "o--", label="after burst")
-    ax.axhline(200, color="grey", lw=0.8, ls=":", label="target 200 MiB")
-    ax.set(title="Operator resident memory (MiB)", xlabel="models")
-    ax.legend(fontsize=8)
-    ax = axes[1][2]
-    ax.plot(ns, [r["burst"]["cpu_s"] for r in results], "o-", label="burst")
-    ax.plot(ns, [r["change"]["cpu_s"] for r in results], "o-", label="changes")
-    ax.plot(ns, [r["idle"]["cpu_s"] for r in results], "o-", label="idle")
-    ax.set(title="Operator CPU seconds", xlabel="models")
-    ax.legend(fontsize=8)
+    for ax, (title, lines, target) in zip(axes.flat, panels, strict=True):
+        for keys, style, label in lines:
+            ax.plot(ns, [functools.reduce(operator.getitem, keys, r) for r in results], style, label=label)
+        if target is not None:
+            ax.axhline(target[0], color="grey", lw=0.8, ls=":", label=target[1])
+        ax.set(title=title, xlabel="models")
+        ax.legend(fontsize=8)
     fig.suptitle("modeldeploy on the local control plane (2 cores shared with it)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -235,7 +235,7 @@ def _audit(rec: Reconciler, scopes: list[str | None]) -> bool:
     if not isinstance(kube, CachedKube):
         return True
     try:
-        gone = _indices.audit(kube.live(), scopes)
+        gone = _indices.audit(kube.live, scopes)
     except Exception as e:
         log.warning("auditing the watch-fed indices failed: %s", e)
         return False

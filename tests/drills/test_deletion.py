@@ -21,7 +21,10 @@ def test_deletion(
     cluster: Cluster, namespace: str, operators: Operators, gpu_pool: int, report: Report
 ) -> None:
     ns = namespace
-    op = operators.new("deletion", [ns], {"MODELDEPLOY_RESYNC_SECONDS": str(RESYNC)}).start()
+    # At debug level the operator logs each resync ("resync of ..."): the drill counts them.
+    op = operators.new(
+        "deletion", [ns], {"MODELDEPLOY_RESYNC_SECONDS": str(RESYNC)}, args=("--log-level=debug",)
+    ).start()
     cache = {"enabled": True, "accessMode": "ReadWriteOnce"}
     keeper = mdep("keeper", replicas=2, cache={**cache, "retain": True})
     dropper = mdep("dropper", cache={**cache, "retain": False})
@@ -74,7 +77,9 @@ def test_deletion(
     poll("the unretained cache removed", dropped, timeout=60)
     removed = time.monotonic() - restarted
     report.figure("seconds from the restart to the unretained cache removed", round(removed, 1))
-    time.sleep(2 * RESYNC)  # two more resyncs: the retained cache must not go in them
+    # Two more resyncs (each collects unused caches): the retained cache must not go in them.
+    mark = op.mark()
+    poll("two more resyncs", lambda: op.text(mark).count("resync of ") >= 2, timeout=10 * RESYNC)
     (kept,) = cluster.list("pvc", ns, CACHE_LABEL)
     assert kept["metadata"]["uid"] == pvc_uid["keeper"] and not kept["metadata"].get("deletionTimestamp")
     report.checked(

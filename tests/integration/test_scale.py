@@ -43,14 +43,18 @@ def quiet_window(cluster: Cluster, audit: AuditLog, keep: Any) -> list[Request]:
     return [r for r in audit.since(mark, OPERATOR_TOKEN_USER) if keep(r)]
 
 
-def test_no_op_passes_make_no_request_and_an_idle_operator_writes_nothing(
-    cluster: Cluster, namespace: str, operator: Any
-) -> None:
-    audit = AuditLog(cluster.lc.audit_log)
+def models_ready(cluster: Cluster, namespace: str) -> None:
     for name in NAMES:
         cluster.apply(model(name, replicas=1, resources=H100), namespace)
     for name in NAMES:
         wait_ready(cluster, namespace, name)
+
+
+def test_no_op_passes_make_no_request_and_an_idle_operator_writes_nothing(
+    cluster: Cluster, namespace: str, operator: Any
+) -> None:
+    audit = AuditLog(cluster.lc.audit_log)
+    models_ready(cluster, namespace)
     # Converged once no window of periodic passes asks anything about this namespace. A pass
     # that lists, gets or applies anything (as every pass did before the watch-fed reads)
     # never gets there.
@@ -77,10 +81,7 @@ def test_a_change_to_one_model_touches_only_that_models_objects(
     cluster: Cluster, namespace: str, operator: Any
 ) -> None:
     audit = AuditLog(cluster.lc.audit_log)
-    for name in NAMES:
-        cluster.apply(model(name, replicas=1, resources=H100), namespace)
-    for name in NAMES:
-        wait_ready(cluster, namespace, name)
+    models_ready(cluster, namespace)
     mark = audit.mark()
     cluster.kubectl(
         "patch", "mdep", "scale-b", "-n", namespace, "--type=merge", "-p", '{"spec":{"replicas":2}}'
